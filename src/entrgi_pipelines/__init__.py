@@ -1,0 +1,18 @@
+"""Reward-guided generation with masked discrete diffusion language models (EntRGi), the diffusers way."""
+
+from .guidance import RewardGuidance, VocabularyMap, entrgi_embeddings, entropy_weight
+from .pipelines import EntRGiPipeline, EntRGiPipelineOutput
+from .schedulers import MaskedDiffusionScheduler, MaskedDiffusionSchedulerOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EntRGiPipeline",
+    "EntRGiPipelineOutput",
+    "MaskedDiffusionScheduler",
+    "MaskedDiffusionSchedulerOutput",
+    "RewardGuidance",
+    "VocabularyMap",
+    "entrgi_embeddings",
+    "entropy_weight",
+]

@@ -1,0 +1,210 @@
+"""`RewardGuidance`: EntRGi (and its baselines) as a diffusers step-end callback."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers.callbacks import PipelineCallback
+
+from .entrgi import GUIDANCE_METHODS, entrgi_embeddings, optimize_logits
+from .rewards import RewardTerm, visible_before_eos
+from .vocab import VocabularyMap
+
+
+class RewardGuidance(PipelineCallback):
+    """
+    Steers a masked diffusion LM toward higher reward by gradient ascent on the logits of its masked positions.
+
+    At every denoising step, after the model's forward pass and before the scheduler samples, the logits `phi` of
+    the masked response positions are optimised by `guidance_steps` steps of a fresh Adam optimiser (learning rate
+    `guidance_lr`) on the summed reward. The reward model sees, at each masked position, the embedding
+    `soft + stopgrad(w * (hard - soft))`, where `soft` is the expected embedding under `softmax(phi / tau)`, `hard`
+    the embedding of a token sampled from `softmax(top_p(phi / tau))`, and `w` depends on `guidance`:
+
+        - `"entrgi"`: `w = H(softmax(phi)) / log V`, the normalised entropy of the untempered logits;
+        - `"aps"`: `w = 1` (straight-through estimator);
+        - `"expectation"`: `w = 0` (continuous relaxation);
+        - `"none"`: no guidance (the callback passes the logits through).
+
+    Committed response tokens enter as their own embeddings; positions after a response's first end-of-sequence
+    token are hidden from the reward model. Only the logits receive gradients: the diffusion and reward models are
+    left exactly as they were.
+
+    Args:
+        reward_model: an HF `*ForSequenceClassification` with one label, any module or callable mapping
+            `(inputs_embeds, attention_mask)` to one reward per row with `get_input_embeddings()`, or a list of them
+            (their rewards are summed with `reward_weights`).
+        reward_tokenizer (*optional*): the reward model's tokenizer (or one per reward model); defaults to the
+            pipeline's tokenizer.
+        guidance (`str`, defaults to `"entrgi"`): one of `"entrgi"`, `"aps"`, `"expectation"`, `"none"`.
+        guidance_steps (`int`, defaults to 3): Adam steps `M` per denoising step.
+        guidance_lr (`float`, defaults to 0.5): Adam's learning rate `eta`.
+        reward_weights (`list[float]`, *optional*): weights of the reward models (all 1 when omitted).
+        unmapped_tokens (`str` or `int`, defaults to `"unk"`): what diffusion tokens absent from a reward vocabulary
+            become (see [`VocabularyMap.from_tokenizers`]); `vocab_coverage` reports the mapped fraction.
+        padding_side (`str`, *optional*): overrides where reward inputs are padded (see `SequenceClassifierReward`).
+        cutoff_step_ratio (`float`, defaults to 1.0) / cutoff_step_index (`int`, *optional*): guide only the steps
+            before this point of the schedule.
+        keep_trace (`bool`, defaults to `False`): record, for every guidance step, the response tokens with the
+            sampled hard tokens and the reward the reward model returned for them (`self.trace`).
+
+    Examples:
+        ```py
+        >>> import torch
+        >>> from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+        >>> from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler, RewardGuidance
+        >>> from entrgi_pipelines.testing import tiny_wordpiece_tokenizer
+
+        >>> tokenizer = tiny_wordpiece_tokenizer()
+        >>> config = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...               intermediate_size=64)
+        >>> dllm = BertForMaskedLM(BertConfig(**config)).eval()
+        >>> reward_model = BertForSequenceClassification(BertConfig(num_labels=1, **config)).eval()
+        >>> pipe = EntRGiPipeline(model=dllm, tokenizer=tokenizer, scheduler=MaskedDiffusionScheduler())
+        >>> guidance = RewardGuidance(reward_model, guidance="entrgi", guidance_steps=2)
+        >>> out = pipe("the cat", callback_on_step_end=guidance, gen_length=8, num_inference_steps=4,
+        ...            num_samples_per_prompt=2, generator=torch.Generator().manual_seed(0))
+        >>> out.rewards.shape
+        torch.Size([1, 2])
+        ```
+    """
+
+    tensor_inputs = ["logits", "response_tokens"]
+
+    def __init__(
+        self,
+        reward_model: Any,
+        reward_tokenizer: Any = None,
+        guidance: str = "entrgi",
+        guidance_steps: int = 3,
+        guidance_lr: float = 0.5,
+        reward_weights: Sequence[float] | None = None,
+        unmapped_tokens: str | int = "unk",
+        padding_side: str | None = None,
+        cutoff_step_ratio: float | None = 1.0,
+        cutoff_step_index: int | None = None,
+        keep_trace: bool = False,
+    ):
+        super().__init__(cutoff_step_ratio=cutoff_step_ratio, cutoff_step_index=cutoff_step_index)
+        if guidance not in GUIDANCE_METHODS:
+            raise ValueError(f"`guidance` must be one of {GUIDANCE_METHODS}, got {guidance!r}.")
+        if not isinstance(guidance_steps, int) or guidance_steps < 0:
+            raise ValueError(f"`guidance_steps` must be an integer >= 0, got {guidance_steps!r}.")
+        if not guidance_lr > 0:
+            raise ValueError(f"`guidance_lr` must be > 0, got {guidance_lr!r}.")
+        models = list(reward_model) if isinstance(reward_model, (list, tuple)) else [reward_model]
+        if not models or any(m is None for m in models):
+            raise ValueError("`reward_model` is required for reward guidance (a model or a list of models).")
+        tokenizers = (
+            reward_tokenizer if isinstance(reward_tokenizer, (list, tuple)) else [reward_tokenizer] * len(models)
+        )
+        weights = list(reward_weights) if reward_weights is not None else [1.0] * len(models)
+        if len(tokenizers) != len(models) or len(weights) != len(models):
+            raise ValueError(
+                f"Got {len(models)} reward models, {len(tokenizers)} reward tokenizers and {len(weights)} "
+                "`reward_weights`: give one tokenizer and one weight per reward model."
+            )
+        self.reward_models, self.reward_tokenizers, self.reward_weights = models, tokenizers, weights
+        # Registered by hand: the models are not configuration (diffusers' decorator misaligns positional
+        # arguments when the leading ones are ignored).
+        self.register_to_config(
+            guidance=guidance,
+            guidance_steps=guidance_steps,
+            guidance_lr=guidance_lr,
+            reward_weights=weights,
+            unmapped_tokens=unmapped_tokens,
+            padding_side=padding_side,
+            keep_trace=keep_trace,
+        )
+        self.terms: list[RewardTerm] = []
+        self.trace: list[dict[str, torch.Tensor]] = []
+        self._call: dict[str, Any] = {}
+
+    @property
+    def vocab_coverage(self) -> list[float]:
+        """For each reward model, the fraction of the diffusion vocabulary that maps onto its vocabulary."""
+        return [term.vocab_map.coverage for term in self.terms]
+
+    def prepare(self, pipeline, reward_prompts: Sequence[str]) -> None:
+        """Binds the callback to a pipeline call: reward terms, one reward prompt per sample, sampling settings."""
+        if not self.terms or self._call.get("tokenizer") is not pipeline.tokenizer:
+            vocab_size = pipeline.vocab_size
+            self.terms = []
+            for model, tokenizer, weight in zip(self.reward_models, self.reward_tokenizers, self.reward_weights):
+                tokenizer = tokenizer if tokenizer is not None else pipeline.tokenizer
+                vocab_map = VocabularyMap.from_tokenizers(
+                    pipeline.tokenizer, tokenizer, self.config.unmapped_tokens, source_size=vocab_size
+                )
+                term = RewardTerm(model, tokenizer, weight, vocab_map, self.config.padding_side)
+                if term.vocab_map.ids.max() >= term.embeddings.weight.shape[0]:
+                    raise ValueError(
+                        f"The diffusion vocabulary ({vocab_size} tokens) maps beyond the reward model's embedding "
+                        f"matrix ({term.embeddings.weight.shape[0]} rows): pass its own `reward_tokenizer`."
+                    )
+                self.terms.append(term)
+        for term in self.terms:
+            term.prepare(reward_prompts, term.embeddings.weight.device)
+        self._call = {"tokenizer": pipeline.tokenizer, **pipeline.sampling_state}
+        self.trace = []
+
+    def response_embeddings(
+        self,
+        term: RewardTerm,
+        tokens: torch.LongTensor,
+        masked: torch.BoolTensor,
+        probs: torch.Tensor,
+        hard: torch.LongTensor,
+        weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """`(N, L, D)` reward-model input of the response: committed tokens as they are, masked ones mixed."""
+        matrix = term.dllm_embedding_matrix()
+        soft = probs.to(matrix.dtype) @ matrix
+        mixed = entrgi_embeddings(soft, matrix[hard], weight)
+        return matrix[tokens].masked_scatter(masked[..., None], mixed)
+
+    def guided_reward(self, tokens, masked, probs, hard, weight) -> torch.Tensor:
+        """Summed reward `(N,)` of the responses whose masked positions are fed as EntRGi embeddings."""
+        visible = visible_before_eos(tokens.masked_scatter(masked, hard), self._call["eos_token_id"])
+        total = 0.0
+        for term in self.terms:
+            embeds = self.response_embeddings(term, tokens, masked, probs, hard, weight)
+            total = total + term.weight * term.reward(embeds, visible.to(embeds.device)).to(probs.device)
+        if self.config.keep_trace:
+            self.trace.append({"tokens": tokens.masked_scatter(masked, hard), "reward": total.detach()})
+        return total
+
+    def callback_fn(self, pipeline, step_index: int, timestep, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        if not self._call:
+            raise RuntimeError("RewardGuidance must be prepared by the pipeline; pass it as `callback_on_step_end`.")
+        cutoff_index = self.config.cutoff_step_index
+        if cutoff_index is None:
+            cutoff_index = int(pipeline.num_timesteps * self.config.cutoff_step_ratio)
+        if self.config.guidance == "none" or self.config.guidance_steps == 0 or step_index >= cutoff_index:
+            return callback_kwargs
+        logits, tokens = callback_kwargs["logits"], callback_kwargs["response_tokens"]
+        masked = tokens == self._call["mask_token_id"]
+        if not masked.any():
+            return callback_kwargs
+        phi = optimize_logits(
+            logits[masked],
+            lambda probs, hard, weight: self.guided_reward(tokens, masked, probs, hard, weight),
+            method=self.config.guidance,
+            num_steps=self.config.guidance_steps,
+            lr=self.config.guidance_lr,
+            temperature=self._call["temperature"],
+            top_p=self._call["top_p"],
+            top_k=self._call["top_k"],
+            generator=self._call["generator"],
+        )
+        callback_kwargs["logits"] = logits.masked_scatter(masked[..., None], phi)
+        return callback_kwargs
+
+    @torch.no_grad()
+    def score_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """The summed reward `(N,)` of response texts (one per prepared sample), on their discrete tokens."""
+        total = 0.0
+        for term in self.terms:
+            total = total + term.weight * term.reward_of_texts(texts).cpu()
+        return total

@@ -1,0 +1,3 @@
+from .entrgi import EntRGiPipeline, EntRGiPipelineOutput
+
+__all__ = ["EntRGiPipeline", "EntRGiPipelineOutput"]

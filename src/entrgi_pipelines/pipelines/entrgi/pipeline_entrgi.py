@@ -1,0 +1,487 @@
+"""EntRGiPipeline: reward-guided generation with masked discrete diffusion language models."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import BaseOutput, replace_example_docstring
+
+from ...guidance.entrgi import GUIDANCE_METHODS
+from ...guidance.reward_guidance import RewardGuidance
+from ...guidance.rewards import visible_before_eos
+from ...schedulers.scheduling_masked_diffusion import MaskedDiffusionScheduler
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+        >>> from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler
+        >>> from entrgi_pipelines.testing import tiny_wordpiece_tokenizer
+
+        >>> tokenizer = tiny_wordpiece_tokenizer()
+        >>> config = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...               intermediate_size=64)
+        >>> dllm = BertForMaskedLM(BertConfig(**config)).eval()
+        >>> reward_model = BertForSequenceClassification(BertConfig(num_labels=1, **config)).eval()
+        >>> pipe = EntRGiPipeline(model=dllm, tokenizer=tokenizer, scheduler=MaskedDiffusionScheduler())
+        >>> out = pipe(["the cat", "a dog sat on"], reward_model=reward_model, guidance="entrgi", gen_length=8,
+        ...            num_inference_steps=4, num_samples_per_prompt=2, generator=torch.Generator().manual_seed(0))
+        >>> len(out.texts), out.rewards.shape, out.sequences.shape
+        (2, torch.Size([2, 2]), torch.Size([2, 2, 8]))
+        ```
+"""
+
+
+@dataclass
+class EntRGiPipelineOutput(BaseOutput):
+    """
+    Output of [`EntRGiPipeline`].
+
+    Args:
+        texts (`list[str]`): for each prompt, the sample with the highest reward (the first sample without reward).
+        all_texts (`list[list[str]]`): every sample, `B x K`.
+        rewards (`torch.Tensor` of shape `(B, K)` or `None`): the reward of each sample on its discrete tokens.
+        sequences (`torch.LongTensor` of shape `(B, K, gen_length)`): the generated token ids (no mask token left).
+    """
+
+    texts: list[str]
+    all_texts: list[list[str]]
+    rewards: torch.Tensor | None
+    sequences: torch.LongTensor
+
+
+def detect_logits_shift(config: Any) -> bool:
+    """Whether a diffusion LM predicts token `i` at position `i - 1` (Dream-style) rather than at `i` (LLaDA, BERT).
+
+    Read from `config.logits_shift` when the config states it, else from the model type (`dream`).
+    """
+    explicit = getattr(config, "logits_shift", None)
+    if explicit is not None:
+        return bool(explicit)
+    return "dream" in str(getattr(config, "model_type", "")).lower()
+
+
+def _find_callbacks(callback: Any, kind: type) -> list:
+    if isinstance(callback, MultiPipelineCallbacks):
+        return [c for inner in callback.callbacks for c in _find_callbacks(inner, kind)]
+    if isinstance(callback, _ThenCall):
+        return _find_callbacks(callback.first, kind)
+    return [callback] if isinstance(callback, kind) else []
+
+
+def _guidance_first(guidance: PipelineCallback, callback: Any, tensor_inputs: list[str]):
+    """One callback that runs `guidance`, then the user's `callback` (if any) on the guided tensors."""
+    if callback is None:
+        return guidance
+    if isinstance(callback, MultiPipelineCallbacks):
+        return MultiPipelineCallbacks([guidance, *callback.callbacks])
+    if isinstance(callback, PipelineCallback):
+        return MultiPipelineCallbacks([guidance, callback])
+    return _ThenCall(guidance, callback, tensor_inputs)
+
+
+class EntRGiPipeline(DiffusionPipeline):
+    r"""
+    Text generation with a masked discrete diffusion language model, optionally steered toward higher reward by
+    EntRGi (entropy-aware reward guidance) or its baselines.
+
+    The model may be Dream-style (logits shifted by one position), LLaDA-style or a BERT-style masked LM: the
+    convention is read from the model config (see [`detect_logits_shift`]) unless `logits_shift` is given.
+
+    Args:
+        model: the diffusion LM; called as `model(input_ids, attention_mask=..., position_ids=...)` (each argument
+            passed when its forward accepts it), returning `.logits` of shape `(batch, seq, vocab)`.
+        tokenizer: its tokenizer (the chat template is used when it has one).
+        scheduler ([`MaskedDiffusionScheduler`]): decides what is committed at each step.
+        logits_shift (`bool`, *optional*): force the Dream-style shift on or off.
+        mask_token_id (`int`, *optional*): the mask id, when the tokenizer does not define `mask_token`.
+    """
+
+    model_cpu_offload_seq = "model"
+    _callback_tensor_inputs = ["logits", "response_tokens", "sequences", "attention_mask"]
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        scheduler: MaskedDiffusionScheduler,
+        logits_shift: bool | None = None,
+        mask_token_id: int | None = None,
+    ):
+        super().__init__()
+        self.register_modules(model=model, tokenizer=tokenizer, scheduler=scheduler)
+        self.register_to_config(logits_shift=logits_shift, mask_token_id=mask_token_id)
+        self._sampling: dict[str, Any] = {}
+        self._num_timesteps = 0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the model's logits."""
+        size = getattr(self.model.config, "vocab_size", None)
+        return int(size) if size is not None else len(self.tokenizer)
+
+    @property
+    def logits_shift(self) -> bool:
+        shift = self.config.logits_shift
+        return detect_logits_shift(self.model.config) if shift is None else bool(shift)
+
+    @property
+    def sampling_state(self) -> dict[str, Any]:
+        """The current call's mask and end-of-sequence ids and sampling settings, for callbacks."""
+        return dict(self._sampling)
+
+    def resolve_mask_token_id(self, mask_token_id: int | None = None) -> int | None:
+        for candidate in (mask_token_id, self.config.mask_token_id, getattr(self.tokenizer, "mask_token_id", None)):
+            if candidate is not None:
+                return int(candidate)
+        return None
+
+    @property
+    def eos_token_id(self) -> int | None:
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return eos if eos is not None else getattr(self.tokenizer, "sep_token_id", None)
+
+    def check_inputs(
+        self,
+        prompt,
+        messages,
+        input_ids,
+        gen_length,
+        num_inference_steps,
+        num_samples_per_prompt,
+        guidance,
+        guidance_steps,
+        guidance_lr,
+        temperature,
+        top_p,
+        top_k,
+        mask_token_id,
+        reward_model,
+        reward_prompt,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs,
+    ) -> None:
+        given = [
+            name
+            for name, value in (("prompt", prompt), ("messages", messages), ("input_ids", input_ids))
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(f"Pass exactly one of `prompt`, `messages` or `input_ids`; got {given or 'none'}.")
+        if prompt is not None:
+            if not isinstance(prompt, (str, list)) or (
+                isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)
+            ):
+                raise TypeError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            if not prompts or any(not p.strip() for p in prompts):
+                raise ValueError("`prompt` must be a non-empty string or a non-empty list of non-empty strings.")
+        if messages is not None and (not isinstance(messages, list) or not messages):
+            raise ValueError("`messages` must be a non-empty list of conversations (lists of role/content dicts).")
+        if input_ids is not None and (
+            not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0
+        ):
+            raise ValueError("`input_ids` must be a non-empty 2D LongTensor `(batch, prompt_length)`.")
+        for name, value in (
+            ("gen_length", gen_length),
+            ("num_inference_steps", num_inference_steps),
+            ("num_samples_per_prompt", num_samples_per_prompt),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if guidance is not None and guidance not in GUIDANCE_METHODS:
+            raise ValueError(f"`guidance` must be one of {GUIDANCE_METHODS}, got {guidance!r}.")
+        if guidance not in (None, "none") and reward_model is None:
+            raise ValueError(f"`guidance={guidance!r}` needs a `reward_model` (or pass a `RewardGuidance` callback).")
+        if not isinstance(guidance_steps, int) or guidance_steps < 0:
+            raise ValueError(f"`guidance_steps` must be an integer >= 0, got {guidance_steps!r}.")
+        if not isinstance(guidance_lr, (int, float)) or not guidance_lr > 0:
+            raise ValueError(f"`guidance_lr` must be a number > 0, got {guidance_lr!r}.")
+        if not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"`temperature` must be a number > 0 (lower is greedier), got {temperature!r}.")
+        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            raise ValueError(f"`top_p` must be in (0, 1] or None, got {top_p!r}.")
+        if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
+            raise ValueError(f"`top_k` must be a positive integer or None, got {top_k!r}.")
+        if self.resolve_mask_token_id(mask_token_id) is None:
+            raise ValueError(
+                "No mask token is known: the tokenizer has no `mask_token`; pass `mask_token_id=` to the pipeline "
+                "or to this call."
+            )
+        if reward_prompt is not None and not isinstance(reward_prompt, (str, list)):
+            raise TypeError(f"`reward_prompt` must be a string or a list of strings, got {type(reward_prompt)}.")
+        if callback_on_step_end is not None and not (
+            callable(callback_on_step_end) or isinstance(callback_on_step_end, MultiPipelineCallbacks)
+        ):
+            raise TypeError("`callback_on_step_end` must be a function, a PipelineCallback or MultiPipelineCallbacks.")
+        if callback_on_step_end_tensor_inputs is not None and not all(
+            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
+        ):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, got "
+                f"{callback_on_step_end_tensor_inputs}."
+            )
+
+    def encode_prompt(self, prompt=None, messages=None, input_ids=None) -> tuple[list[list[int]], list[str]]:
+        """Prompt token ids (chat template when the tokenizer has one) and the prompts as text."""
+        if input_ids is not None:
+            rows = [row.tolist() for row in input_ids]
+            return rows, self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+        if messages is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            if not getattr(self.tokenizer, "chat_template", None):
+                return self.tokenizer(prompts)["input_ids"], prompts
+            messages = [[{"role": "user", "content": p}] for p in prompts]
+        else:
+            messages = [messages] if isinstance(messages[0], dict) else messages
+            prompts = [next(m["content"] for m in reversed(conv) if m["role"] == "user") for conv in messages]
+        texts = [
+            self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True) for conv in messages
+        ]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"], prompts
+
+    def prepare_sequences(
+        self, prompt_ids: list[list[int]], num_samples_per_prompt: int, gen_length: int, mask_token_id: int, device
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """`[left-padded prompt | gen_length masks]` for every sample, `(B*K, P + L)`, and its attention mask."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else mask_token_id
+        width = max(len(ids) for ids in prompt_ids)
+        prompts = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+        prompt_mask = torch.zeros_like(prompts)
+        for i, ids in enumerate(prompt_ids):
+            prompts[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            prompt_mask[i, width - len(ids) :] = 1
+        sequences = torch.cat([prompts, torch.full((len(prompt_ids), gen_length), mask_token_id)], dim=1)
+        attention_mask = torch.cat([prompt_mask, torch.ones(len(prompt_ids), gen_length, dtype=torch.long)], dim=1)
+        return (
+            sequences.repeat_interleave(num_samples_per_prompt, 0).to(device),
+            attention_mask.repeat_interleave(num_samples_per_prompt, 0).to(device),
+        )
+
+    def model_inputs(self, attention_mask: torch.LongTensor) -> dict[str, torch.Tensor]:
+        """Attention mask and position ids that make left padding invisible, for the arguments the model takes."""
+        accepted = inspect.signature(self.model.forward).parameters
+        inputs = {}
+        if "attention_mask" in accepted and not bool(attention_mask.all()):
+            if "dream" in str(getattr(self.model.config, "model_type", "")).lower():
+                # Dream attends bidirectionally and expects the pairwise mask its own generate() builds.
+                valid = attention_mask.bool()
+                inputs["attention_mask"] = valid[:, None, :, None] & valid[:, None, None, :]
+            else:
+                inputs["attention_mask"] = attention_mask
+        if "position_ids" in accepted:
+            inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return inputs
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        reward_model: Any = None,
+        reward_tokenizer: Any = None,
+        guidance: str | None = None,
+        num_inference_steps: int = 128,
+        gen_length: int = 128,
+        num_samples_per_prompt: int = 4,
+        guidance_steps: int = 3,
+        guidance_lr: float = 0.5,
+        temperature: float = 0.7,
+        top_p: float | None = 0.95,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        messages: list | None = None,
+        input_ids: torch.LongTensor | None = None,
+        reward_prompt: str | list[str] | None = None,
+        mask_token_id: int | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        return_dict: bool = True,
+    ) -> EntRGiPipelineOutput | tuple:
+        r"""
+        Generates `num_samples_per_prompt` responses per prompt, guided toward higher reward when a reward model is
+        given.
+
+        Args:
+            prompt (`str` or `list[str]`): the prompt(s). Alternatively `messages` or `input_ids`.
+            reward_model (*optional*): an HF `*ForSequenceClassification` with one label, a differentiable reward
+                (`(inputs_embeds, attention_mask) -> (N,)` with `get_input_embeddings()`), or a list of them. With it,
+                the output's `rewards` score every sample and `texts` keeps the best sample of each prompt.
+            reward_tokenizer (*optional*): the reward model's tokenizer; defaults to `self.tokenizer`.
+            guidance (`str`, *optional*): `"entrgi"` (default with a reward model), `"aps"`, `"expectation"` or
+                `"none"` (unguided samples, best by reward: Best-of-N).
+            num_inference_steps (`int`, defaults to 128): denoising steps `T`.
+            gen_length (`int`, defaults to 128): response length `L` in tokens.
+            num_samples_per_prompt (`int`, defaults to 4): samples `K` per prompt.
+            guidance_steps (`int`, defaults to 3): Adam steps `M` on the logits per denoising step.
+            guidance_lr (`float`, defaults to 0.5): Adam learning rate `eta`.
+            temperature (`float`, defaults to 0.7): sampling temperature `tau` (> 0).
+            top_p (`float`, *optional*, defaults to 0.95): nucleus sampling mass.
+            top_k (`int`, *optional*): sample among the `top_k` most likely tokens.
+            generator (`torch.Generator`, *optional*): makes generation reproducible.
+            messages (`list`, *optional*): a conversation (list of role/content dicts) or a list of them.
+            input_ids (`torch.LongTensor`, *optional*): prompt token ids `(B, P)` (no padding).
+            reward_prompt (`str` or `list[str]`, *optional*): the text in the reward model's prompt slot, one per
+                prompt (e.g. a target description); defaults to the prompts.
+            mask_token_id (`int`, *optional*): overrides the mask id.
+            callback_on_step_end (*optional*): a function `(pipe, step, timestep, callback_kwargs) -> dict`, a
+                `PipelineCallback` (such as [`RewardGuidance`]) or `MultiPipelineCallbacks`, called after the model's
+                forward pass and before the scheduler step; returned tensors replace the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors a function callback receives,
+                among `logits` `(N, L, V)`, `response_tokens` `(N, L)`, `sequences` `(N, P + L)` and
+                `attention_mask`.
+            return_dict (`bool`, defaults to `True`): return an [`EntRGiPipelineOutput`] or a tuple.
+
+        Examples:
+
+        Returns:
+            [`EntRGiPipelineOutput`] or `tuple` `(texts, all_texts, rewards, sequences)`.
+        """
+        # 1. Check inputs
+        self.check_inputs(
+            prompt,
+            messages,
+            input_ids,
+            gen_length,
+            num_inference_steps,
+            num_samples_per_prompt,
+            guidance,
+            guidance_steps,
+            guidance_lr,
+            temperature,
+            top_p,
+            top_k,
+            mask_token_id,
+            reward_model,
+            reward_prompt,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["logits", "response_tokens"]
+        device = self._execution_device
+        mask_token_id = self.resolve_mask_token_id(mask_token_id)
+        K, L = num_samples_per_prompt, gen_length
+
+        # 2. Encode prompts
+        prompt_ids, prompt_texts = self.encode_prompt(prompt, messages, input_ids)
+        reward_prompts = [reward_prompt] * len(prompt_ids) if isinstance(reward_prompt, str) else reward_prompt
+        reward_prompts = reward_prompts or prompt_texts
+        if len(reward_prompts) != len(prompt_ids):
+            raise ValueError(f"`reward_prompt` has {len(reward_prompts)} entries for {len(prompt_ids)} prompts.")
+
+        # 3. Prepare sequences, guidance and timesteps
+        sequences, attention_mask = self.prepare_sequences(prompt_ids, K, L, mask_token_id, device)
+        model_inputs = self.model_inputs(attention_mask)
+        start = sequences.shape[1] - L
+        self._sampling = {
+            "mask_token_id": mask_token_id,
+            "eos_token_id": self.eos_token_id,
+            "temperature": float(temperature),
+            "top_p": top_p,
+            "top_k": top_k,
+            "generator": generator,
+        }
+        scorer = None
+        if reward_model is not None:
+            scorer = RewardGuidance(
+                reward_model,
+                reward_tokenizer,
+                guidance=guidance or "entrgi",
+                guidance_steps=guidance_steps,
+                guidance_lr=float(guidance_lr),
+            )
+            callback_on_step_end = _guidance_first(scorer, callback_on_step_end, callback_on_step_end_tensor_inputs)
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        guidances = _find_callbacks(callback_on_step_end, RewardGuidance)
+        for callback in guidances:
+            callback.prepare(self, [p for p in reward_prompts for _ in range(K)])
+        scorer = scorer or (guidances[0] if guidances else None)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        # 4. Denoising loop
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                logits = self.model(sequences, **model_inputs).logits
+                logits = logits[:, start - 1 : start - 1 + L] if self.logits_shift else logits[:, start:]
+                logits[..., mask_token_id] = float("-inf")  # guidance and sampling never propose the mask
+                response_tokens = sequences[:, start:]
+                confidence_logits = logits
+                if callback_on_step_end is not None:
+                    available = {
+                        "logits": logits,
+                        "response_tokens": response_tokens,
+                        "sequences": sequences,
+                        "attention_mask": attention_mask,
+                    }
+                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    logits = callback_outputs.pop("logits", logits)
+                    response_tokens = callback_outputs.pop("response_tokens", response_tokens)
+                response_tokens = self.scheduler.step(
+                    logits,
+                    t,
+                    response_tokens,
+                    mask_token_id=mask_token_id,
+                    confidence_logits=confidence_logits,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    eos_token_id=self.eos_token_id,
+                    generator=generator,
+                ).prev_sample
+                sequences = torch.cat([sequences[:, :start], response_tokens], dim=1)
+                progress_bar.update()
+
+        # 5. Decode and score on the discrete tokens
+        responses = sequences[:, start:]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else mask_token_id
+        visible = visible_before_eos(responses, self.eos_token_id)
+        texts = [
+            t.strip()
+            for t in self.tokenizer.batch_decode(torch.where(visible, responses, pad), skip_special_tokens=True)
+        ]
+        B = len(prompt_ids)
+        all_texts = [texts[b * K : (b + 1) * K] for b in range(B)]
+        rewards = best = None
+        if scorer is not None:
+            rewards = scorer.score_texts(texts).reshape(B, K)
+            best = rewards.argmax(-1).tolist()
+        best_texts = [all_texts[b][best[b] if best else 0] for b in range(B)]
+        sequences_out = responses.reshape(B, K, L).cpu()
+        self._sampling = {}
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return best_texts, all_texts, rewards, sequences_out
+        return EntRGiPipelineOutput(texts=best_texts, all_texts=all_texts, rewards=rewards, sequences=sequences_out)
+
+
+class _ThenCall:
+    """Runs guidance, then a user's function callback, as one callback."""
+
+    def __init__(self, first: PipelineCallback, then: Callable, then_inputs: list[str]):
+        self.first, self.then, self.then_inputs = first, then, then_inputs
+
+    @property
+    def tensor_inputs(self) -> list[str]:
+        return list(dict.fromkeys([*self.first.tensor_inputs, *self.then_inputs]))
+
+    def __call__(self, pipeline, step_index, timestep, callback_kwargs):
+        callback_kwargs = self.first(pipeline, step_index, timestep, callback_kwargs)
+        outputs = self.then(pipeline, step_index, timestep, {k: callback_kwargs[k] for k in self.then_inputs})
+        return {**callback_kwargs, **(outputs or {})}

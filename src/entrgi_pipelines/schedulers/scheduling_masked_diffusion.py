@@ -1,0 +1,251 @@
+"""Scheduler for masked (absorbing-state) discrete diffusion: sample candidates, commit the most confident."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+
+CONFIDENCE_RULES = ("entropy", "maskgit_plus", "topk_margin", "origin", "anchor")
+# Subtracted from the confidence of end-of-sequence candidates so that they are committed last.
+_EOS_PENALTY = 1e4
+
+
+@dataclass
+class MaskedDiffusionSchedulerOutput(BaseOutput):
+    """
+    Output of [`MaskedDiffusionScheduler.step`].
+
+    Args:
+        prev_sample (`torch.LongTensor` of shape `(batch_size, gen_length)`):
+            The response tokens after this step: the committed positions hold their sampled token, the rest are
+            unchanged (still masked where they were).
+        sampled_tokens (`torch.LongTensor` of shape `(batch_size, gen_length)`):
+            The candidate sampled at every masked position (the input token elsewhere).
+        commit_mask (`torch.BoolTensor` of shape `(batch_size, gen_length)`):
+            The positions committed at this step.
+        confidence (`torch.Tensor` of shape `(batch_size, gen_length)`):
+            The confidence that ranked the masked positions (`-inf` at positions that were not masked).
+    """
+
+    prev_sample: torch.LongTensor
+    sampled_tokens: torch.LongTensor
+    commit_mask: torch.BoolTensor
+    confidence: torch.Tensor
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Sets logits outside the top-k and outside the top-p nucleus to `-inf` (rows are independent)."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Keep every token whose preceding mass is below top_p: the most likely token always survives.
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.LongTensor:
+    """One categorical sample per row of `logits` (Gumbel-max), reproducible with a seeded `generator`."""
+    device = generator.device if generator is not None else logits.device
+    uniform = torch.rand(logits.shape, generator=generator, device=device, dtype=torch.float32).to(logits.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp_(min=1e-20)))
+    return torch.argmax(logits.float() + gumbel, dim=-1)
+
+
+class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
+    """
+    Scheduler for masked discrete diffusion language models (MDLM, Dream, LLaDA, BERT-style).
+
+    Time runs from `t = 1` (all masked) to `t = eps` over `num_inference_steps` steps, `t_i = linspace(1, eps, T+1)`.
+    At step `i`, a token is sampled for every masked position, and `round(n_masked * (1 - t_{i+1} / t_i))` of them are
+    committed (all that remain at the last step), the most confident first. End-of-sequence candidates are committed
+    after all others when `eos_last=True`.
+
+    Confidence rules (`confidence`):
+        - `"entropy"`: negative entropy of the (tempered) distribution of the position.
+        - `"maskgit_plus"`: probability of the sampled token.
+        - `"topk_margin"`: difference between the two largest probabilities.
+        - `"origin"`: the original MDLM ancestral sampler: every masked position is committed independently with
+          probability `1 - t_{i+1} / t_i`, so the number committed per step varies.
+        - `"anchor"`: committed tokens anchor the rest: masked positions nearest a committed (or prompt) token go
+          first, ties broken by the probability of the sampled token. Text grows outward from what is fixed.
+
+    Confidences use `confidence_logits` when [`~MaskedDiffusionScheduler.step`] gets them (the pipeline passes the
+    model's unguided logits, so reward guidance changes *what* is sampled, not *where*), else `model_output`.
+
+    Args:
+        eps (`float`, defaults to 1e-3): the final time.
+        confidence (`str`, defaults to `"entropy"`): the rule above that orders the commits.
+        eos_last (`bool`, defaults to `True`): commit end-of-sequence candidates after all others.
+
+    Examples:
+        ```py
+        >>> import torch
+        >>> from entrgi_pipelines import MaskedDiffusionScheduler
+
+        >>> scheduler = MaskedDiffusionScheduler(confidence="maskgit_plus")
+        >>> scheduler.set_timesteps(4)
+        >>> sample = torch.full((2, 8), 99)  # two responses of 8 tokens, all masked (mask id 99)
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> for t in scheduler.timesteps:
+        ...     logits = torch.randn(2, 8, 100, generator=generator)
+        ...     sample = scheduler.step(logits, t, sample, mask_token_id=99, generator=generator).prev_sample
+        >>> bool((sample != 99).all())
+        True
+        ```
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(self, eps: float = 1e-3, confidence: str = "entropy", eos_last: bool = True):
+        if confidence not in CONFIDENCE_RULES:
+            raise ValueError(f"`confidence` must be one of {CONFIDENCE_RULES}, got {confidence!r}.")
+        if not 0.0 < eps < 1.0:
+            raise ValueError(f"`eps` must be in (0, 1), got {eps}.")
+        self.num_inference_steps: int | None = None
+        self.sigmas: torch.Tensor | None = None
+        self.timesteps: torch.Tensor | None = None
+        self._step_index: int | None = None
+
+    @property
+    def step_index(self) -> int | None:
+        """The index of the step to be taken next (`None` before the first step)."""
+        return self._step_index
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Sets the `num_inference_steps` times `t_0 = 1 > ... > t_{T-1}`; `sigmas` holds them and `t_T = eps`."""
+        if not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        self.num_inference_steps = num_inference_steps
+        self.sigmas = torch.linspace(1.0, self.config.eps, num_inference_steps + 1, dtype=torch.float64)
+        self.timesteps = self.sigmas[:-1].to(device=device, dtype=torch.float32)
+        self._step_index = None
+
+    def index_for_timestep(self, timestep: float | torch.Tensor) -> int:
+        """The position of `timestep` in `timesteps`."""
+        t = float(timestep)
+        index = int(torch.argmin((self.sigmas[:-1] - t).abs()))
+        if abs(float(self.sigmas[index]) - t) > 1e-5:
+            raise ValueError(f"`timestep` {t} is not one of the scheduler's timesteps; call `set_timesteps` first.")
+        return index
+
+    def unmask_fraction(self, step_index: int) -> float:
+        """`1 - t_{i+1} / t_i`: the expected fraction of still-masked positions committed at step `i`."""
+        return (
+            1.0
+            if step_index >= self.num_inference_steps - 1
+            else float(1.0 - self.sigmas[step_index + 1] / self.sigmas[step_index])
+        )
+
+    def num_tokens_to_commit(self, num_masked: torch.LongTensor, step_index: int) -> torch.LongTensor:
+        """How many of `num_masked` positions (per row) to commit at step `step_index`; all of them at the last."""
+        if step_index >= self.num_inference_steps - 1:
+            return num_masked
+        return torch.round(num_masked * self.unmask_fraction(step_index)).long().clamp(max=num_masked)
+
+    def _confidence(
+        self, logits: torch.Tensor, tokens: torch.LongTensor, masked: torch.BoolTensor, generator
+    ) -> torch.Tensor:
+        """Confidence of each masked position (rows of `logits` are the masked positions, in order)."""
+        rule = self.config.confidence
+        if rule == "origin":
+            device = generator.device if generator is not None else logits.device
+            return torch.rand(tokens.shape, generator=generator, device=device).to(logits.device)
+        log_probs = logits.float().log_softmax(-1)
+        if rule == "entropy":
+            probs = log_probs.exp()
+            return (probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1)
+        if rule == "topk_margin":
+            top2 = log_probs.topk(2, dim=-1).values.exp()
+            return top2[:, 0] - top2[:, 1]
+        token_prob = log_probs.gather(-1, tokens[:, None]).squeeze(-1).exp()
+        if rule == "maskgit_plus":
+            return token_prob
+        # anchor: distance (in positions) to the nearest token that is not masked; a row is (N, L).
+        positions = torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
+        big = masked.shape[1] + 1
+        left = torch.where(~masked, positions, -big).cummax(-1).values
+        right = torch.where(~masked, positions, 2 * big).flip(-1).cummin(-1).values.flip(-1)
+        # The prompt precedes the response: position -1 is always an anchor.
+        distance = torch.minimum(positions - left.clamp(min=-1), right - positions)
+        return token_prob - distance[masked].to(token_prob.dtype)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.LongTensor,
+        *,
+        mask_token_id: int,
+        confidence_logits: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> MaskedDiffusionSchedulerOutput | tuple:
+        """
+        Samples every masked position and commits the most confident ones.
+
+        Args:
+            model_output (`torch.Tensor` of shape `(batch_size, gen_length, vocab_size)`):
+                Logits for the response positions (already aligned: for a Dream-style model, shifted by one).
+            timestep (`float` or `torch.Tensor`): the current time, one of `self.timesteps`.
+            sample (`torch.LongTensor` of shape `(batch_size, gen_length)`): the current response tokens.
+            mask_token_id (`int`): the id that marks a masked position.
+            confidence_logits (`torch.Tensor`, *optional*): logits the confidence is computed from (see class doc).
+            temperature (`float`, defaults to 1.0): sampling temperature (> 0); confidences use it too.
+            top_p (`float`, *optional*): nucleus sampling mass in (0, 1].
+            top_k (`int`, *optional*): sample among the `top_k` most likely tokens.
+            eos_token_id (`int`, *optional*): end-of-sequence id, committed last when `eos_last=True`.
+            generator (`torch.Generator`, *optional*): makes the sampling reproducible.
+            return_dict (`bool`, defaults to `True`): return a [`MaskedDiffusionSchedulerOutput`] or a tuple.
+
+        Returns:
+            [`MaskedDiffusionSchedulerOutput`] or `tuple` `(prev_sample, sampled_tokens, commit_mask, confidence)`.
+        """
+        if self.timesteps is None:
+            raise ValueError("Call `set_timesteps` before `step`.")
+        if temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+        if self._step_index is None:
+            self._step_index = self.index_for_timestep(timestep)
+        step_index = self._step_index
+
+        masked = sample == mask_token_id
+        # Vocabulary-wide work touches masked rows only. The mask token itself is never a candidate.
+        logits = model_output[masked].float() / temperature
+        logits[:, mask_token_id] = float("-inf")
+        tokens = sample_from_logits(filter_logits(logits, top_k=top_k, top_p=top_p), generator)
+        source = logits if confidence_logits is None else confidence_logits[masked].float() / temperature
+        row_confidence = self._confidence(source, tokens, masked, generator)
+
+        sampled = sample.masked_scatter(masked, tokens)
+        confidence = torch.full(sample.shape, float("-inf"), device=sample.device)
+        confidence = confidence.masked_scatter(masked, row_confidence.to(confidence.dtype))
+        if self.config.confidence == "origin":
+            commit = masked & (confidence < self.unmask_fraction(step_index))
+        else:
+            if self.config.eos_last and eos_token_id is not None:
+                confidence = torch.where(masked & (sampled == eos_token_id), confidence - _EOS_PENALTY, confidence)
+            k = self.num_tokens_to_commit(masked.sum(-1), step_index)
+            ranks = confidence.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+            commit = masked & (ranks < k[:, None])
+        prev_sample = torch.where(commit, sampled, sample)
+        self._step_index += 1
+
+        if not return_dict:
+            return prev_sample, sampled, commit, confidence
+        return MaskedDiffusionSchedulerOutput(
+            prev_sample=prev_sample, sampled_tokens=sampled, commit_mask=commit, confidence=confidence
+        )

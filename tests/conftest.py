@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler
+from entrgi_pipelines.testing import (
+    tiny_causal_lm,
+    tiny_decoder_reward_model,
+    tiny_masked_lm,
+    tiny_reward_model,
+    tiny_wordpiece_tokenizer,
+)
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_wordpiece_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer():
+    return tiny_wordpiece_tokenizer(chat_template=True)
+
+
+def get_dummy_components(tokenizer, kind: str = "bert", **scheduler_kwargs) -> dict:
+    model = tiny_masked_lm(len(tokenizer)) if kind == "bert" else tiny_causal_lm(len(tokenizer))
+    return {"model": model, "tokenizer": tokenizer, "scheduler": MaskedDiffusionScheduler(**scheduler_kwargs)}
+
+
+@pytest.fixture
+def pipe(tokenizer):
+    pipeline = EntRGiPipeline(**get_dummy_components(tokenizer))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def reward_model(tokenizer):
+    return tiny_reward_model(len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def decoder_reward_model(tokenizer):
+    return tiny_decoder_reward_model(len(tokenizer))
