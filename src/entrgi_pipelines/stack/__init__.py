@@ -1,0 +1,44 @@
+"""The embedded offline stack: a small trained diffusion LM and two MiniLM reward models, loaded without a hub.
+
+- the diffusion LM: a BERT masked LM initialised from all-MiniLM-L6-v2 and trained with the MDLM objective on
+  Debian's English text (see `train_dllm.py`), shipped as a float16 delta over MiniLM's weights;
+- the guidance reward: cosine similarity of MiniLM sentence embeddings of a target description and the response;
+- the held-out judge: a topic classifier head on MiniLM embeddings, never used for guidance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..pipelines.entrgi import EntRGiPipeline
+from ..schedulers import MaskedDiffusionScheduler
+
+
+@dataclass
+class EmbeddedStack:
+    """The pipeline on the embedded dLLM, the guidance reward and the judge, with their tokenizers."""
+
+    pipe: EntRGiPipeline
+    reward_model: Any
+    reward_tokenizer: Any
+    judge: Any
+    judge_tokenizer: Any
+
+
+def load_embedded_stack(cache_dir: str | None = None) -> EmbeddedStack:
+    """Loads (building on first use, offline) the embedded dLLM pipeline, the similarity reward and the judge."""
+    from pathlib import Path
+
+    from .dllm import load_embedded_dllm
+    from .reward_models import load_similarity_reward_model, load_topic_judge
+
+    sub = (lambda name: Path(cache_dir) / name) if cache_dir else (lambda name: None)
+    model, tokenizer = load_embedded_dllm(sub("dllm"))
+    reward_model, reward_tokenizer = load_similarity_reward_model(sub("similarity"))
+    judge, judge_tokenizer = load_topic_judge(sub("judge"))
+    pipe = EntRGiPipeline(model=model, tokenizer=tokenizer, scheduler=MaskedDiffusionScheduler())
+    return EmbeddedStack(pipe, reward_model, reward_tokenizer, judge, judge_tokenizer)
+
+
+__all__ = ["EmbeddedStack", "load_embedded_stack"]

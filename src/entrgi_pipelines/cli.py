@@ -1,0 +1,102 @@
+"""`entrgi`: command line of the embedded offline stack.
+
+    entrgi generate "and he said unto them" --target "food and eating"
+
+samples the same prompt without guidance and with EntRGi (same seed) and prints the samples side by side with
+their rewards (cosine similarity of MiniLM embeddings of the target and the response) and the held-out judge's
+score (probability that the response is on the target's topic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import textwrap
+
+import torch
+
+from .guidance.entrgi import GUIDANCE_METHODS
+
+
+def side_by_side(left: list[str], right: list[str], width: int) -> str:
+    lines = []
+    for a, b in zip(left, right):
+        wrapped_a, wrapped_b = textwrap.wrap(a, width) or [""], textwrap.wrap(b, width) or [""]
+        for x, y in itertools.zip_longest(wrapped_a, wrapped_b, fillvalue=""):
+            lines.append(f"{x:<{width}} | {y}")
+        lines.append(f"{'':-<{width}}-+-{'':-<{width}}")
+    return "\n".join(lines)
+
+
+def generate(args) -> dict:
+    from .bench import judge_scores
+    from .stack import load_embedded_stack
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stack = load_embedded_stack()
+    stack.pipe.set_progress_bar_config(disable=args.quiet)
+    results = {}
+    for method in ("none", args.method):
+        out = stack.pipe(
+            args.prompt,
+            reward_model=stack.reward_model,
+            reward_tokenizer=stack.reward_tokenizer,
+            reward_prompt=args.target,
+            guidance=method,
+            num_inference_steps=args.steps,
+            gen_length=args.gen_length,
+            num_samples_per_prompt=args.num_samples,
+            guidance_steps=args.guidance_steps,
+            guidance_lr=args.eta,
+            temperature=args.tau,
+            top_p=args.top_p,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        texts, rewards = out.all_texts[0], out.rewards[0].tolist()
+        judged = judge_scores(stack.judge, stack.judge_tokenizer, [args.target] * len(texts), texts)
+        order = sorted(range(len(texts)), key=lambda i: -rewards[i])
+        results[method] = [(texts[i], rewards[i], judged[i]) for i in order]
+    width = args.width
+    label = {
+        "none": "unguided (Best-of-N order)",
+        args.method: f"{args.method} (eta={args.eta}, M={args.guidance_steps})",
+    }
+    print(f"prompt: {args.prompt!r}   target: {args.target!r}")
+    print(f"{label['none']:<{width}} | {label[args.method]}")
+    print(f"{'':=<{width}}=+={'':=<{width}}")
+    cells = {
+        m: [f"[reward {r:+.3f} judge {j:.2f}] {args.prompt} {t}" for t, r, j in rows] for m, rows in results.items()
+    }
+    print(side_by_side(cells["none"], cells[args.method], width))
+    for m, rows in results.items():
+        print(
+            f"{m:>12}: Top@1 reward {rows[0][1]:+.4f}   Avg@{len(rows)} {sum(r for _, r, _ in rows) / len(rows):+.4f}"
+        )
+    return results
+
+
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(prog="entrgi", description="EntRGi on the embedded offline stack.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="unguided vs guided samples of one prompt, side by side")
+    gen.add_argument("prompt")
+    gen.add_argument("--target", required=True, help="what the reward asks the response to be about")
+    gen.add_argument("--method", default="entrgi", choices=[m for m in GUIDANCE_METHODS if m != "none"])
+    gen.add_argument("-K", "--num-samples", type=int, default=4)
+    gen.add_argument("-T", "--steps", type=int, default=32)
+    gen.add_argument("-L", "--gen-length", type=int, default=32)
+    gen.add_argument("-M", "--guidance-steps", type=int, default=3)
+    gen.add_argument("--eta", type=float, default=0.5)
+    gen.add_argument("--tau", type=float, default=0.7)
+    gen.add_argument("--top-p", type=float, default=0.95)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--threads", type=int, default=None)
+    gen.add_argument("--width", type=int, default=58)
+    gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    return generate(args)
+
+
+if __name__ == "__main__":
+    main()

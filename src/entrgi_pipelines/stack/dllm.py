@@ -1,0 +1,74 @@
+"""The embedded diffusion LM: MiniLM's weights plus the shipped delta, materialised once as an HF checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
+
+from .minilm import load_minilm_encoder_state, load_minilm_tokenizer, minilm_path
+
+DLLM_WEIGHTS_DIR = Path(__file__).parent / "weights" / "dllm"
+DELTA_FILE = "delta.safetensors"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ENTRGI_CACHE", Path.home() / ".cache" / "entrgi_pipelines"))
+
+
+def merge_delta(delta: dict[str, torch.Tensor]) -> BertForMaskedLM:
+    """A `BertForMaskedLM` with MiniLM's encoder and word embeddings, and the retrained tensors of `delta`."""
+    config = BertConfig.from_pretrained(minilm_path())
+    config.architectures = ["BertForMaskedLM"]
+    model = BertForMaskedLM(config)
+    encoder = {k: v for k, v in load_minilm_encoder_state().items() if not k.startswith("pooler.")}
+    model.bert.load_state_dict(encoder, strict=True)
+    model.tie_weights()
+    state = model.state_dict()
+    unknown = set(delta) - set(state)
+    if unknown:
+        raise ValueError(f"The delta has tensors the model does not: {sorted(unknown)[:5]}")
+    with torch.no_grad():
+        for name, tensor in delta.items():
+            state[name].copy_(tensor.to(state[name].dtype))
+    return model.eval()
+
+
+def build_embedded_dllm(save_dir: str | Path, delta_path: str | Path | None = None) -> Path:
+    """Writes the embedded dLLM (weights and tokenizer) as a `from_pretrained` folder."""
+    delta_path = Path(delta_path or DLLM_WEIGHTS_DIR / DELTA_FILE)
+    model = merge_delta(load_file(str(delta_path)))
+    save_dir = Path(save_dir)
+    model.save_pretrained(save_dir)
+    load_minilm_tokenizer().save_pretrained(save_dir)
+    return save_dir
+
+
+def embedded_dllm_path(cache_dir: str | Path | None = None, delta_path: str | Path | None = None) -> Path:
+    """The cached checkpoint folder of the embedded dLLM, built on first use (keyed by the delta's hash)."""
+    delta_path = Path(delta_path or DLLM_WEIGHTS_DIR / DELTA_FILE)
+    digest = hashlib.sha1(delta_path.read_bytes()).hexdigest()[:12]
+    target = Path(cache_dir) if cache_dir else cache_root() / f"dllm-{digest}"
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+        try:
+            build_embedded_dllm(tmp, delta_path)
+            if not (target / "config.json").exists():
+                shutil.rmtree(target, ignore_errors=True)
+                tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_embedded_dllm(cache_dir: str | Path | None = None, delta_path: str | Path | None = None):
+    """`(model, tokenizer)` of the embedded dLLM, loaded with `from_pretrained`."""
+    path = embedded_dllm_path(cache_dir, delta_path)
+    return AutoModelForMaskedLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
