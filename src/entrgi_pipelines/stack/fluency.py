@@ -11,8 +11,8 @@ import gzip
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 HELDOUT_FILE = Path(__file__).parent / "data" / "heldout.jsonl.gz"
 
