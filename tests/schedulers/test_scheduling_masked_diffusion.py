@@ -213,3 +213,13 @@ def test_top_p_nucleus_matches_the_sorted_definition_up_to_its_resolution():
         p = logits.softmax(-1)
         boundary = torch.where(exact_keep, p, torch.inf).min(-1, keepdim=True).values
         assert (p[extra] >= (boundary * 0.98).expand_as(p)[extra]).all()  # extras sit at the boundary
+
+
+def test_sample_tokens_is_sampling_from_the_filtered_logits():
+    from entrgi_pipelines.schedulers.scheduling_masked_diffusion import sample_from_logits, sample_tokens
+
+    logits = torch.randn(4000, 50, generator=torch.Generator().manual_seed(0)) * 2
+    fused = sample_tokens(logits, top_k=20, top_p=0.8, generator=torch.Generator().manual_seed(1))
+    reference = sample_from_logits(filter_logits(logits, top_k=20, top_p=0.8), torch.Generator().manual_seed(1))
+    assert (fused == reference).float().mean() > 0.995  # the same draws, up to float rounding at CDF steps
+    assert not torch.isinf(filter_logits(logits, top_k=20, top_p=0.8).gather(-1, fused[:, None])).any()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..schedulers.scheduling_masked_diffusion import filter_logits, sample_from_logits
+from ..schedulers.scheduling_masked_diffusion import sample_tokens
 
 GUIDANCE_METHODS = ("entrgi", "aps", "expectation", "none")
 
@@ -61,11 +61,13 @@ def optimize_logits(
     """
     weight = method_weight(method, logits)
     phi = logits.detach().float().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([phi], lr=lr)
+    # The fused kernel is the same update, an order of magnitude faster on a (P, V) tensor.
+    optimizer = torch.optim.Adam([phi], lr=lr, fused=phi.device.type in ("cpu", "cuda"))
     with torch.enable_grad():
         for _ in range(num_steps):
-            probs = (phi / temperature).softmax(-1)
-            hard = sample_from_logits(filter_logits(phi.detach() / temperature, top_k=top_k, top_p=top_p), generator)
+            scaled = phi / temperature
+            probs = scaled.softmax(-1)
+            hard = sample_tokens(scaled.detach(), top_k=top_k, top_p=top_p, generator=generator)
             loss = -reward_fn(probs, hard, weight).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=[phi])

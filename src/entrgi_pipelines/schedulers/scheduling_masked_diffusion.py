@@ -42,6 +42,15 @@ class MaskedDiffusionSchedulerOutput(BaseOutput):
 _TOP_P_BINS, _TOP_P_SPAN = 4096, 40.0
 
 
+def _nucleus(log_probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask of the tokens outside the top-p nucleus, from log-probabilities (see `filter_logits`)."""
+    # bin 0 holds the most probable tokens; everything below exp(-40) shares the last bin
+    key = ((-log_probs).clamp(max=_TOP_P_SPAN) * ((_TOP_P_BINS - 1) / _TOP_P_SPAN)).long()
+    mass = log_probs.new_zeros(*key.shape[:-1], _TOP_P_BINS).scatter_add_(-1, key, log_probs.exp())
+    before = mass.cumsum(-1) - mass  # mass of the strictly more probable bins
+    return (before >= top_p).gather(-1, key)
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Sets logits outside the top-k and outside the top-p nucleus to `-inf` (rows are independent).
 
@@ -53,13 +62,13 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        log_probs = logits.float().log_softmax(-1)
-        # bin 0 holds the most probable tokens; everything below exp(-40) shares the last bin
-        key = ((-log_probs).clamp(max=_TOP_P_SPAN) * ((_TOP_P_BINS - 1) / _TOP_P_SPAN)).long()
-        mass = log_probs.new_zeros(*key.shape[:-1], _TOP_P_BINS).scatter_add_(-1, key, log_probs.exp())
-        before = mass.cumsum(-1) - mass  # mass of the strictly more probable bins
-        logits = logits.masked_fill((before >= top_p).gather(-1, key), float("-inf"))
+        logits = logits.masked_fill(_nucleus(logits.float().log_softmax(-1), top_p), float("-inf"))
     return logits
+
+
+def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    source = generator.device if generator is not None else device
+    return torch.rand(*shape, generator=generator, device=source).to(device)
 
 
 def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.LongTensor:
@@ -68,8 +77,23 @@ def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None =
     Reproducible with a seeded `generator` (drawn on the generator's device); tokens at `-inf` are never drawn.
     """
     cdf = logits.float().softmax(-1).cumsum(-1)
-    device = generator.device if generator is not None else logits.device
-    uniform = torch.rand(*logits.shape[:-1], 1, generator=generator, device=device).to(logits.device)
+    uniform = _uniform((*logits.shape[:-1], 1), generator, logits.device)
+    tokens = torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True)
+    return tokens.squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+
+
+def sample_tokens(
+    logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None, generator=None
+) -> torch.LongTensor:
+    """`sample_from_logits(filter_logits(logits, top_k, top_p))` with the vocabulary-wide passes shared."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        logits = filter_logits(logits, top_k=top_k)
+    log_probs = logits.float().log_softmax(-1)
+    probs = log_probs.exp()
+    if top_p is not None and top_p < 1.0:
+        probs = probs.masked_fill(_nucleus(log_probs, top_p), 0.0)
+    cdf = probs.cumsum(-1)
+    uniform = _uniform((*logits.shape[:-1], 1), generator, logits.device)
     tokens = torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True)
     return tokens.squeeze(-1).clamp_(max=logits.shape[-1] - 1)
 
@@ -172,8 +196,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         """Confidence of each masked position (rows of `logits` are the masked positions, in order)."""
         rule = self.config.confidence
         if rule == "origin":
-            device = generator.device if generator is not None else logits.device
-            return torch.rand(tokens.shape, generator=generator, device=device).to(logits.device)
+            return _uniform(tokens.shape, generator, logits.device)
         log_probs = logits.float().log_softmax(-1)
         if rule == "entropy":
             probs = log_probs.exp()
@@ -240,7 +263,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         # Vocabulary-wide work touches masked rows only. The mask token itself is never a candidate.
         logits = model_output[masked].float() / temperature
         logits[:, mask_token_id] = float("-inf")
-        tokens = sample_from_logits(filter_logits(logits, top_k=top_k, top_p=top_p), generator)
+        tokens = sample_tokens(logits, top_k=top_k, top_p=top_p, generator=generator)
         source = logits if confidence_logits is None else confidence_logits[masked].float() / temperature
         row_confidence = self._confidence(source, tokens, masked, generator)
 
