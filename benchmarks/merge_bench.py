@@ -1,0 +1,39 @@
+"""Merges `entrgi-bench --output` files of the same settings (e.g. methods run in parallel processes).
+
+    PYTHONPATH=src python benchmarks/merge_bench.py a.json b.json --output merged.json --markdown table.md
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from entrgi_pipelines.bench import markdown_table, summarise
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+    runs = [json.loads(Path(f).read_text()) for f in args.files]
+    keys = ("prompts", "num_prompts", "seeds", "num_samples", "steps", "gen_length", "guidance_steps", "eta", "tau",
+            "top_p")
+    for run in runs[1:]:
+        differing = [k for k in keys if run["config"][k] != runs[0]["config"][k]]
+        if differing:
+            raise ValueError(f"Runs differ in {differing}: only runs of the same settings can be merged.")
+    order = ["none", "expectation", "aps", "entrgi"]
+    methods = sorted({m for run in runs for m in run["summary"]}, key=order.index)
+    records = [r for run in runs for r in run["records"]]
+    summary = summarise(records, methods)
+    config = {**runs[0]["config"], "methods": methods}
+    Path(args.output).write_text(json.dumps({"config": config, "summary": summary, "records": records}, indent=1))
+    table = markdown_table(summary)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
