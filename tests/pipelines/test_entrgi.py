@@ -286,6 +286,15 @@ def test_bad_input_names_the_argument(pipe, reward_model, kwargs, match):
         pipe(**kwargs)
 
 
+def test_reward_arguments_without_a_reward_and_too_long_inputs_are_refused(pipe, tokenizer):
+    with pytest.raises(ValueError, match="reward_prompt"):
+        pipe("the cat", reward_prompt="the sea", **FAST)
+    with pytest.raises(ValueError, match="reward_tokenizer"):
+        pipe("the cat", reward_tokenizer=tokenizer, **FAST)
+    with pytest.raises(ValueError, match="gen_length"):
+        pipe("the cat", gen_length=200, num_inference_steps=2, num_samples_per_prompt=1)
+
+
 def test_bad_types_name_the_argument(pipe):
     with pytest.raises(TypeError, match="prompt"):
         pipe(prompt=3)

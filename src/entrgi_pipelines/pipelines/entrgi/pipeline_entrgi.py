@@ -382,6 +382,14 @@ class EntRGiPipeline(DiffusionPipeline):
         if len(reward_prompts) != len(prompt_ids):
             raise ValueError(f"`reward_prompt` has {len(reward_prompts)} entries for {len(prompt_ids)} prompts.")
 
+        max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        longest = max(len(ids) for ids in prompt_ids) + L
+        if max_positions is not None and longest > max_positions:
+            raise ValueError(
+                f"The longest prompt plus `gen_length` is {longest} tokens, more than the model's "
+                f"{max_positions} positions: shorten the prompt or lower `gen_length`."
+            )
+
         # 3. Prepare sequences, guidance and timesteps
         sequences, attention_mask = self.prepare_sequences(prompt_ids, K, L, mask_token_id, device)
         model_inputs = self.model_inputs(attention_mask)
@@ -406,6 +414,11 @@ class EntRGiPipeline(DiffusionPipeline):
             callback_on_step_end = _guidance_first(scorer, callback_on_step_end, callback_on_step_end_tensor_inputs)
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         guidances = _find_callbacks(callback_on_step_end, RewardGuidance)
+        if not guidances and (reward_prompt is not None or reward_tokenizer is not None):
+            raise ValueError(
+                "`reward_prompt` and `reward_tokenizer` only apply with a reward: pass `reward_model=` (or a "
+                "`RewardGuidance` callback), or drop them."
+            )
         for callback in guidances:
             callback.prepare(self, [p for p in reward_prompts for _ in range(K)])
         scorer = scorer or (guidances[0] if guidances else None)
