@@ -163,10 +163,6 @@ class RewardTerm:
         self._context: dict[str, torch.Tensor] | None = None
         self._dllm_embeddings: torch.Tensor | None = None
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.embeddings.weight.shape[1]
-
     def dllm_embedding_matrix(self) -> torch.Tensor:
         """The reward model's embedding of every diffusion-vocabulary token, `(V_dllm, D)`, without gradient."""
         weight = self.embeddings.weight
@@ -176,6 +172,7 @@ class RewardTerm:
 
     def prepare(self, reward_prompts: Sequence[str], device: torch.device | str) -> None:
         """Builds the prefix and suffix of each of the N samples (`reward_prompts` has one entry per sample)."""
+        self._dllm_embeddings = None  # re-read at every call: the reward model's weights may have changed since
         wrapped = {prompt: wrap_response(self.tokenizer, prompt) for prompt in dict.fromkeys(reward_prompts)}
         parts = [wrapped[prompt] for prompt in reward_prompts]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
