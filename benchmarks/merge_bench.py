@@ -1,6 +1,6 @@
 """Merges `entrgi-bench --output` files of the same settings (e.g. methods run in parallel processes).
 
-    PYTHONPATH=src python benchmarks/merge_bench.py a.json b.json --output merged.json --markdown table.md
+PYTHONPATH=src python benchmarks/merge_bench.py a.json b.json --output merged.json --markdown table.md
 """
 
 import argparse
@@ -17,8 +17,18 @@ def main():
     parser.add_argument("--markdown")
     args = parser.parse_args()
     runs = [json.loads(Path(f).read_text()) for f in args.files]
-    keys = ("prompts", "num_prompts", "seeds", "num_samples", "steps", "gen_length", "guidance_steps", "eta", "tau",
-            "top_p")
+    keys = (
+        "prompts",
+        "num_prompts",
+        "seeds",
+        "num_samples",
+        "steps",
+        "gen_length",
+        "guidance_steps",
+        "eta",
+        "tau",
+        "top_p",
+    )
     for run in runs[1:]:
         differing = [k for k in keys if run["config"][k] != runs[0]["config"][k]]
         if differing:

@@ -64,6 +64,25 @@ def judge_scores(judge, tokenizer, targets: list[str], texts: list[str]) -> list
     return judge(**enc).logits[:, 0].float().tolist()
 
 
+def guided_samples(pipe, reward_model, reward_tokenizer, prompts, targets, method: str, args, generator):
+    """One pipeline call with the sampling settings of `args` (K, T, L, M, eta, tau, top_p), toward `targets`."""
+    return pipe(
+        prompts,
+        reward_model=reward_model,
+        reward_tokenizer=reward_tokenizer,
+        reward_prompt=targets,
+        guidance=method,
+        num_inference_steps=args.steps,
+        gen_length=args.gen_length,
+        num_samples_per_prompt=args.num_samples,
+        guidance_steps=args.guidance_steps,
+        guidance_lr=args.eta,
+        temperature=args.tau,
+        top_p=args.top_p,
+        generator=generator,
+    )
+
+
 def summarise(records: list[dict], methods: list[str]) -> dict:
     summary = {}
     for method in methods:
@@ -163,20 +182,15 @@ def run(args) -> dict:
             for batch in batches:
                 targets = [row.get("target") or row["prompt"] for row in batch]
                 start = time.perf_counter()
-                out = pipe(
+                out = guided_samples(
+                    pipe,
+                    reward_model,
+                    reward_tokenizer,
                     [row["prompt"] for row in batch],
-                    reward_model=reward_model,
-                    reward_tokenizer=reward_tokenizer,
-                    reward_prompt=targets,
-                    guidance=method,
-                    num_inference_steps=args.steps,
-                    gen_length=args.gen_length,
-                    num_samples_per_prompt=args.num_samples,
-                    guidance_steps=args.guidance_steps,
-                    guidance_lr=args.eta,
-                    temperature=args.tau,
-                    top_p=args.top_p,
-                    generator=generator,
+                    targets,
+                    method,
+                    args,
+                    generator,
                 )
                 seconds = (time.perf_counter() - start) / len(batch)
                 judged = judge_scores(judge, judge_tokenizer, targets, out.texts)

@@ -29,7 +29,7 @@ def side_by_side(left: list[str], right: list[str], width: int) -> str:
 
 
 def generate(args) -> dict:
-    from .bench import judge_scores
+    from .bench import guided_samples, judge_scores
     from .stack import load_embedded_stack
 
     if args.threads:
@@ -38,20 +38,9 @@ def generate(args) -> dict:
     stack.pipe.set_progress_bar_config(disable=args.quiet)
     results = {}
     for method in ("none", args.method):
-        out = stack.pipe(
-            args.prompt,
-            reward_model=stack.reward_model,
-            reward_tokenizer=stack.reward_tokenizer,
-            reward_prompt=args.target,
-            guidance=method,
-            num_inference_steps=args.steps,
-            gen_length=args.gen_length,
-            num_samples_per_prompt=args.num_samples,
-            guidance_steps=args.guidance_steps,
-            guidance_lr=args.eta,
-            temperature=args.tau,
-            top_p=args.top_p,
-            generator=torch.Generator().manual_seed(args.seed),
+        generator = torch.Generator().manual_seed(args.seed)
+        out = guided_samples(
+            stack.pipe, stack.reward_model, stack.reward_tokenizer, args.prompt, args.target, method, args, generator
         )
         texts, rewards = out.all_texts[0], out.rewards[0].tolist()
         judged = judge_scores(stack.judge, stack.judge_tokenizer, [args.target] * len(texts), texts)

@@ -94,11 +94,8 @@ def tiny_masked_lm(vocab_size: int, seed: int = 0) -> BertForMaskedLM:
     return BertForMaskedLM(tiny_bert_config(vocab_size)).eval()
 
 
-def tiny_causal_lm(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    """A random Llama LM, used as a Dream-style (shifted logits) model in tests."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
+def tiny_llama_config(vocab_size: int, **kwargs) -> LlamaConfig:
+    defaults = dict(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -106,7 +103,13 @@ def tiny_causal_lm(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
         num_key_value_heads=2,
         max_position_embeddings=128,
     )
-    return LlamaForCausalLM(config).eval()
+    return LlamaConfig(vocab_size=vocab_size, **{**defaults, **kwargs})
+
+
+def tiny_causal_lm(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    """A random Llama LM, used as a Dream-style (shifted logits) model in tests."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(vocab_size)).eval()
 
 
 def tiny_reward_model(vocab_size: int, seed: int = 0, scale: float = 4.0) -> BertForSequenceClassification:
@@ -118,15 +121,5 @@ def tiny_reward_model(vocab_size: int, seed: int = 0, scale: float = 4.0) -> Ber
 def tiny_decoder_reward_model(vocab_size: int, seed: int = 0, scale: float = 4.0) -> LlamaForSequenceClassification:
     """A random Llama reward model with one label (last-token pooling), initialised `scale` times larger."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        num_labels=1,
-        pad_token_id=0,
-    )
+    config = tiny_llama_config(vocab_size, num_labels=1, pad_token_id=0)
     return _scale_init(LlamaForSequenceClassification(config), scale).eval()
