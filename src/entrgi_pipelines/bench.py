@@ -222,7 +222,8 @@ def run(args) -> dict:
     return {"config": config, "summary": summary, "records": records}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (returns nothing: a console script's return value becomes its exit status)."""
     args = build_parser().parse_args(argv)
     result = run(args)
     table = markdown_table(result["summary"])
@@ -232,7 +233,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
     print(json.dumps({"top1": {m: s["top1"] for m, s in result["summary"].items()}}))
-    return result
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def generate(args) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None):
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="entrgi", description="EntRGi on the embedded offline stack.")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="unguided vs guided samples of one prompt, side by side")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None):
     gen.add_argument("--width", type=int, default=58)
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    return generate(args)
+    generate(args)  # nothing returned: a console script's return value becomes its exit status
 
 
 if __name__ == "__main__":

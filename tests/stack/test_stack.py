@@ -150,7 +150,7 @@ def test_fluency_metrics():
 
 def test_bench_on_two_prompts(tmp_path, capsys):
     output = tmp_path / "bench.json"
-    result = bench.main(
+    bench.main(
         [
             "--num-prompts",
             "2",
@@ -179,7 +179,7 @@ def test_bench_on_two_prompts(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert set(json.loads(last)["top1"]) == {"none", "entrgi"}
     assert "| entrgi |" in (tmp_path / "t.md").read_text()
-    assert result["summary"]["none"]["n"] == 2
+    assert saved["summary"]["none"]["n"] == 2
     # the same prompts for every seed and method
     assert [r["prompt"] for r in saved["records"][:2]] == [r["prompt"] for r in saved["records"][2:]]
 

@@ -1,0 +1,70 @@
+"""Renders the measured sections of docs/results.md from `entrgi-bench` JSON files (no number is typed by hand).
+
+    PYTHONPATH=src python benchmarks/write_results.py runs/results/results.json [--sweep eta_sweep.json] \
+        > docs/results_measured.md
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from entrgi_pipelines.bench import markdown_table, mean_ci
+
+
+def paired(records, a: str, b: str, key: str) -> tuple[float, float, float]:
+    """Mean and 95% half-width of a - b over (prompt, seed) pairs, and the fraction where a > b."""
+    by = {(r["method"], r["prompt"], r["target"], r["seed"]): r[key] for r in records}
+    diffs = [v - by[(b, p, t, s)] for (m, p, t, s), v in by.items() if m == a and (b, p, t, s) in by]
+    mean, ci = mean_ci(diffs)
+    return mean, ci, sum(d > 0 for d in diffs) / max(len(diffs), 1)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results")
+    parser.add_argument("--sweep")
+    args = parser.parse_args()
+    run = json.loads(Path(args.results).read_text())
+    records, methods, config = run["records"], list(run["summary"]), run["config"]
+    out = ["## Table", "", markdown_table(run["summary"]), ""]
+    out.append(
+        f"{config['num_prompts']} prompts x {len(config['seeds'])} seeds (n = {run['summary'][methods[0]]['n']} per "
+        f"method), K={config['num_samples']}, T={config['steps']}, L={config['gen_length']}, "
+        f"M={config['guidance_steps']}, eta={config['eta']}, tau={config['tau']}, top_p={config['top_p']}. "
+        "Intervals: 95% normal intervals over prompts x seeds. Perplexity: geometric mean over best samples."
+    )
+    out += ["", "## Paired differences (same prompt, same seed)", "",
+            "| comparison | Top@1 difference | Top@1: share of pairs won | judge difference |", "|---|---|---|---|"]
+    for a, b in [("entrgi", "none"), ("entrgi", "aps"), ("entrgi", "expectation"), ("aps", "none"),
+                 ("expectation", "none")]:
+        if a in methods and b in methods:
+            d, ci, win = paired(records, a, b, "top1")
+            j, jci, _ = paired(records, a, b, "judge")
+            out.append(f"| {a} − {b} | {d:+.4f} ± {ci:.4f} | {win:.0%} | {j:+.3f} ± {jci:.3f} |")
+    out += ["", "## Ten unguided prompted samples (seed 0, first sample of each prompt)", ""]
+    seen = set()
+    for r in records:
+        if r["method"] == "none" and r["seed"] == config["seeds"][0] and r["prompt"] not in seen and len(seen) < 10:
+            seen.add(r["prompt"])
+            out.append(f"- **{r['prompt']}** … {r['texts'][0]}")
+    out += ["", "## Best samples side by side (seed 0)", "", "| prompt → target | " +
+            " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for i in (0, 5, 13, 22, 30):
+        prompt_records = {r["method"]: r for r in records if r["seed"] == config["seeds"][0]
+                          and r["prompt"] == records[i]["prompt"] and r["target"] == records[i]["target"]}
+        cells = [f"{prompt_records[m]['best']} *(r={prompt_records[m]['top1']:.3f}, judge="
+                 f"{prompt_records[m]['judge']:.2f})*".replace("|", "/") for m in methods if m in prompt_records]
+        out.append(f"| {records[i]['prompt']} → {records[i]['target']} | " + " | ".join(cells) + " |")
+    if args.sweep:
+        sweep = json.loads(Path(args.sweep).read_text())
+        out += ["", "## Eta sweep", "", "| method | eta | Top@1 | Avg@N | judge | perplexity | distinct-2 |",
+                "|---|---|---|---|---|---|---|"]
+        for p in sweep["points"]:
+            eta = "—" if p["eta"] is None else f"{p['eta']:g}"
+            out.append(f"| {p['method']} | {eta} | {p['top1']:.4f} | {p['avg']:.4f} | {p['judge']:.3f} | "
+                       f"{p['perplexity']:.1f} | {p['distinct2']:.3f} |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
