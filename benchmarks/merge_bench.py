@@ -37,7 +37,8 @@ def main():
     methods = sorted({m for run in runs for m in run["summary"]}, key=order.index)
     records = [r for run in runs for r in run["records"]]
     summary = summarise(records, methods)
-    config = {**runs[0]["config"], "methods": methods}
+    seeds = sorted({s for run in runs for s in run["config"]["seeds"]})
+    config = {**runs[0]["config"], "methods": methods, "seeds": seeds}
     Path(args.output).write_text(json.dumps({"config": config, "summary": summary, "records": records}, indent=1))
     table = markdown_table(summary)
     print(table)

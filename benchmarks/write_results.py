@@ -28,15 +28,25 @@ def main():
     records, methods, config = run["records"], list(run["summary"]), run["config"]
     out = ["## Table", "", markdown_table(run["summary"]), ""]
     out.append(
-        f"{config['num_prompts']} prompts x {len(config['seeds'])} seeds (n = {run['summary'][methods[0]]['n']} per "
-        f"method), K={config['num_samples']}, T={config['steps']}, L={config['gen_length']}, "
+        f"{config['num_prompts']} prompts; n = prompts x seeds run for each method (seeds "
+        f"{config['seeds']}), K={config['num_samples']}, T={config['steps']}, L={config['gen_length']}, "
         f"M={config['guidance_steps']}, eta={config['eta']}, tau={config['tau']}, top_p={config['top_p']}. "
         "Intervals: 95% normal intervals over prompts x seeds. Perplexity: geometric mean over best samples."
     )
-    out += ["", "## Paired differences (same prompt, same seed)", "",
-            "| comparison | Top@1 difference | Top@1: share of pairs won | judge difference |", "|---|---|---|---|"]
-    for a, b in [("entrgi", "none"), ("entrgi", "aps"), ("entrgi", "expectation"), ("aps", "none"),
-                 ("expectation", "none")]:
+    out += [
+        "",
+        "## Paired differences (same prompt, same seed)",
+        "",
+        "| comparison | Top@1 difference | Top@1: share of pairs won | judge difference |",
+        "|---|---|---|---|",
+    ]
+    for a, b in [
+        ("entrgi", "none"),
+        ("entrgi", "aps"),
+        ("entrgi", "expectation"),
+        ("aps", "none"),
+        ("expectation", "none"),
+    ]:
         if a in methods and b in methods:
             d, ci, win = paired(records, a, b, "top1")
             j, jci, _ = paired(records, a, b, "judge")
@@ -47,22 +57,43 @@ def main():
         if r["method"] == "none" and r["seed"] == config["seeds"][0] and r["prompt"] not in seen and len(seen) < 10:
             seen.add(r["prompt"])
             out.append(f"- **{r['prompt']}** … {r['texts'][0]}")
-    out += ["", "## Best samples side by side (seed 0)", "", "| prompt → target | " +
-            " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    out += [
+        "",
+        "## Best samples side by side (seed 0)",
+        "",
+        "| prompt → target | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
     for i in (0, 5, 13, 22, 30):
-        prompt_records = {r["method"]: r for r in records if r["seed"] == config["seeds"][0]
-                          and r["prompt"] == records[i]["prompt"] and r["target"] == records[i]["target"]}
-        cells = [f"{prompt_records[m]['best']} *(r={prompt_records[m]['top1']:.3f}, judge="
-                 f"{prompt_records[m]['judge']:.2f})*".replace("|", "/") for m in methods if m in prompt_records]
+        prompt_records = {
+            r["method"]: r
+            for r in records
+            if r["seed"] == config["seeds"][0]
+            and r["prompt"] == records[i]["prompt"]
+            and r["target"] == records[i]["target"]
+        }
+        cells = [
+            f"{prompt_records[m]['best']} *(r={prompt_records[m]['top1']:.3f}, judge="
+            f"{prompt_records[m]['judge']:.2f})*".replace("|", "/")
+            for m in methods
+            if m in prompt_records
+        ]
         out.append(f"| {records[i]['prompt']} → {records[i]['target']} | " + " | ".join(cells) + " |")
     if args.sweep:
         sweep = json.loads(Path(args.sweep).read_text())
-        out += ["", "## Eta sweep", "", "| method | eta | Top@1 | Avg@N | judge | perplexity | distinct-2 |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            "",
+            "## Eta sweep",
+            "",
+            "| method | eta | Top@1 | Avg@N | judge | perplexity | distinct-2 |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for p in sweep["points"]:
             eta = "—" if p["eta"] is None else f"{p['eta']:g}"
-            out.append(f"| {p['method']} | {eta} | {p['top1']:.4f} | {p['avg']:.4f} | {p['judge']:.3f} | "
-                       f"{p['perplexity']:.1f} | {p['distinct2']:.3f} |")
+            out.append(
+                f"| {p['method']} | {eta} | {p['top1']:.4f} | {p['avg']:.4f} | {p['judge']:.3f} | "
+                f"{p['perplexity']:.1f} | {p['distinct2']:.3f} |"
+            )
     print("\n".join(out))
 
 

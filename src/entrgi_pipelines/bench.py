@@ -107,12 +107,13 @@ def summarise(records: list[dict], methods: list[str]) -> dict:
 
 def markdown_table(summary: dict) -> str:
     lines = [
-        "| method | Top@1 reward | Avg@N reward | judge (best) | perplexity (best) | distinct-2 (best) | s / prompt |",
-        "|---|---|---|---|---|---|---|",
+        "| method | n | Top@1 reward | Avg@N reward | judge (best) | perplexity (best) | distinct-2 (best) "
+        "| s / prompt |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method, s in summary.items():
         lines.append(
-            f"| {method} | {s['top1']:.4f} ± {s['top1_ci']:.4f} | {s['avg']:.4f} ± {s['avg_ci']:.4f} | "
+            f"| {method} | {s['n']} | {s['top1']:.4f} ± {s['top1_ci']:.4f} | {s['avg']:.4f} ± {s['avg_ci']:.4f} | "
             f"{s['judge']:.3f} ± {s['judge_ci']:.3f} | {s['perplexity']:.1f} | {s['distinct2']:.3f} | "
             f"{s['seconds_per_prompt']:.2f} |"
         )
