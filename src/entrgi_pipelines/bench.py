@@ -127,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=["none", "entrgi"], choices=GUIDANCE_METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("-K", "--num-samples", type=int, default=4, help="samples per prompt")
-    parser.add_argument("-T", "--steps", type=int, default=32, help="denoising steps")
-    parser.add_argument("-L", "--gen-length", type=int, default=32, help="response tokens")
+    # Defaults sized for 12 prompts x 2 seeds x 2 methods in about 3 minutes on 2 CPU cores; docs/results.md uses
+    # T = L = 32.
+    parser.add_argument("-T", "--steps", type=int, default=16, help="denoising steps (default 16)")
+    parser.add_argument("-L", "--gen-length", type=int, default=16, help="response tokens (default 16)")
     parser.add_argument("-M", "--guidance-steps", type=int, default=3)
     parser.add_argument("--eta", type=float, default=0.5, help="guidance learning rate")
     parser.add_argument("--tau", type=float, default=0.7, help="sampling temperature")
