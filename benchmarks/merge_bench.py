@@ -17,10 +17,10 @@ def main():
     parser.add_argument("--markdown")
     args = parser.parse_args()
     runs = [json.loads(Path(f).read_text()) for f in args.files]
+    # Seeds may differ (a method run on fewer seeds): every record carries its own seed and n is reported.
     keys = (
         "prompts",
         "num_prompts",
-        "seeds",
         "num_samples",
         "steps",
         "gen_length",
