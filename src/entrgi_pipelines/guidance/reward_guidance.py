@@ -166,13 +166,14 @@ class RewardGuidance(PipelineCallback):
 
     def guided_reward(self, tokens, masked, probs, hard, weight) -> torch.Tensor:
         """Summed reward `(N,)` of the responses whose masked positions are fed as EntRGi embeddings."""
-        visible = visible_before_eos(tokens.masked_scatter(masked, hard), self._call["eos_token_id"])
+        sampled = tokens.masked_scatter(masked, hard)
+        visible = visible_before_eos(sampled, self._call["eos_token_id"])
         total = 0.0
         for term in self.terms:
             embeds = self.response_embeddings(term, tokens, masked, probs, hard, weight)
             total = total + term.weight * term.reward(embeds, visible.to(embeds.device)).to(probs.device)
         if self.config.keep_trace:
-            self.trace.append({"tokens": tokens.masked_scatter(masked, hard), "reward": total.detach()})
+            self.trace.append({"tokens": sampled, "reward": total.detach()})
         return total
 
     def callback_fn(self, pipeline, step_index: int, timestep, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
