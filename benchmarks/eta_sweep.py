@@ -1,10 +1,12 @@
 """Reward against fluency as the guidance learning rate eta goes from 0.1 to 2, for each method.
 
-    PYTHONPATH=src python benchmarks/eta_sweep.py --num-prompts 8 --seeds 0 --output docs/eta_sweep.json \
+    PYTHONPATH=src python benchmarks/eta_sweep.py --num-prompts 8 --seeds 0 1 --output docs/eta_sweep.json \
         --plot docs/eta_sweep.png
 
 Each point is one `entrgi-bench` run (embedded stack): mean Top@1 reward of the best sample against the geometric
-mean perplexity of that sample under the held-out bigram model. Best-of-N (no eta) is drawn as a reference.
+mean perplexity of that sample under the held-out bigram model. Best-of-N (`none`, no eta) is drawn as a reference.
+On a few cores, run parts of the sweep as parallel one-thread processes (`--methods`, `--etas`, `--output` per
+part) and combine them with `--merge part1.json part2.json ... --output all.json --plot sweep.png`.
 """
 
 import argparse
@@ -13,60 +15,93 @@ from pathlib import Path
 
 from entrgi_pipelines import bench
 
+# Settings every part of a merged sweep must share.
+SHARED = ("num_prompts", "seeds", "steps", "gen_length")
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--etas", nargs="+", type=float, default=[0.1, 0.5, 1.0, 2.0])
-    parser.add_argument("--methods", nargs="+", default=["expectation", "aps", "entrgi"])
-    parser.add_argument("--num-prompts", type=int, default=8)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("-T", "--steps", type=int, default=32)
-    parser.add_argument("-L", "--gen-length", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--output", default="eta_sweep.json")
-    parser.add_argument("--plot", default="eta_sweep.png")
-    args = parser.parse_args()
 
-    common = [
-        "--num-prompts",
-        str(args.num_prompts),
-        "--seeds",
-        *map(str, args.seeds),
-        "-T",
-        str(args.steps),
-        "-L",
-        str(args.gen_length),
-    ] + (["--threads", str(args.threads)] if args.threads else [])
+def run_points(args) -> list[dict]:
+    common = ["--num-prompts", str(args.num_prompts), "--seeds", *map(str, args.seeds)]
+    common += ["-T", str(args.steps), "-L", str(args.gen_length)]
+    common += ["--threads", str(args.threads)] if args.threads else []
     points = []
-    base = bench.run(bench.build_parser().parse_args(["--methods", "none", *common]))["summary"]["none"]
-    points.append({"method": "none", "eta": None, **base})
     for method in args.methods:
-        for eta in args.etas:
-            summary = bench.run(bench.build_parser().parse_args(["--methods", method, "--eta", str(eta), *common]))
-            points.append({"method": method, "eta": eta, **summary["summary"][method]})
+        for eta in [None] if method == "none" else args.etas:
+            argv = ["--methods", method, *common] + ([] if eta is None else ["--eta", str(eta)])
+            summary = bench.run(bench.build_parser().parse_args(argv))["summary"][method]
+            points.append({"method": method, "eta": eta, **summary})
             print(json.dumps(points[-1]), flush=True)
-    Path(args.output).write_text(json.dumps({"config": vars(args), "points": points}, indent=1))
+    return points
 
+
+def merge_points(files: list[str]) -> tuple[dict, list[dict]]:
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    config = dict(parts[0]["config"])
+    for f, part in zip(files[1:], parts[1:]):
+        differing = [k for k in SHARED if part["config"][k] != config[k]]
+        if differing:
+            raise ValueError(f"--merge: {f} differs from {files[0]} in {differing}; merge sweeps of the same settings.")
+    points = [p for part in parts for p in part["points"]]
+    seen = set()
+    for p in points:
+        if (p["method"], p["eta"]) in seen:
+            raise ValueError(f"--merge: the point method={p['method']} eta={p['eta']} appears in two files.")
+        seen.add((p["method"], p["eta"]))
+    config["methods"] = list(dict.fromkeys(p["method"] for p in points))
+    config["etas"] = sorted({p["eta"] for p in points if p["eta"] is not None})
+    return config, points
+
+
+def plot(config: dict, points: list[dict], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for method, marker in zip(args.methods, "osD^"):
-        rows = [p for p in points if p["method"] == method]
+    guided = [m for m in config["methods"] if m != "none"]
+    for method, marker in zip(guided, "osD^"):
+        rows = sorted((p for p in points if p["method"] == method), key=lambda p: p["eta"])
         ax.plot([p["perplexity"] for p in rows], [p["top1"] for p in rows], marker=marker, label=method)
         for p in rows:
             ax.annotate(
                 f"η={p['eta']:g}", (p["perplexity"], p["top1"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
             )
-    ax.scatter([base["perplexity"]], [base["top1"]], marker="*", s=150, color="black", label="Best-of-N (none)")
+    for p in points:
+        if p["method"] == "none":
+            ax.scatter([p["perplexity"]], [p["top1"]], marker="*", s=150, color="black", label="Best-of-N (none)")
     ax.set_xlabel("perplexity of the best sample (held-out bigram model) — lower is more fluent")
     ax.set_ylabel("Top@1 reward (MiniLM similarity to target)")
-    ax.set_title(f"Reward vs fluency as η varies ({args.num_prompts} prompts x {len(args.seeds)} seed(s))")
+    prompts, seeds = config["num_prompts"], len(config["seeds"])
+    ax.set_title(f"Reward vs fluency as η varies ({prompts} prompts x {seeds} seeds, n={prompts * seeds})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(args.plot, dpi=130)
+    fig.savefig(path, dpi=130)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--etas", nargs="+", type=float, default=[0.1, 0.5, 1.0, 2.0])
+    parser.add_argument("--methods", nargs="+", default=["none", "expectation", "aps", "entrgi"])
+    parser.add_argument("--num-prompts", type=int, default=8)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("-T", "--steps", type=int, default=32)
+    parser.add_argument("-L", "--gen-length", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--merge", nargs="+", metavar="SWEEP_JSON", help="combine earlier sweep outputs, run nothing")
+    parser.add_argument("--output", default="eta_sweep.json")
+    parser.add_argument("--plot", help="PNG path for the reward-vs-perplexity plot")
+    args = parser.parse_args()
+    unknown = sorted(set(args.methods) - {"none", "expectation", "aps", "entrgi"})
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; choose from none, expectation, aps, entrgi.")
+    if args.merge:
+        config, points = merge_points(args.merge)
+    else:
+        config = {k: v for k, v in vars(args).items() if k not in ("merge", "output", "plot")}
+        points = run_points(args)
+    Path(args.output).write_text(json.dumps({"config": config, "points": points}, indent=1))
+    if args.plot:
+        plot(config, points, args.plot)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ def main():
     order = ["none", "expectation", "aps", "entrgi"]
     methods = sorted({m for run in runs for m in run["summary"]}, key=order.index)
     records = [r for run in runs for r in run["records"]]
+    keys_seen = set()
+    for r in records:
+        key = (r["method"], r["seed"], r["prompt"], r["target"])
+        if key in keys_seen:
+            raise ValueError(f"Two files hold {key} (method, seed, prompt, target): merge each run once.")
+        keys_seen.add(key)
     summary = summarise(records, methods)
     seeds = sorted({s for run in runs for s in run["config"]["seeds"]})
     config = {**runs[0]["config"], "methods": methods, "seeds": seeds}
