@@ -17,6 +17,7 @@ from entrgi_pipelines import bench
 
 # Settings every part of a merged sweep must share.
 SHARED = ("num_prompts", "seeds", "steps", "gen_length")
+METHODS = ("none", "expectation", "aps", "entrgi")
 
 
 def run_points(args) -> list[dict]:
@@ -46,7 +47,8 @@ def merge_points(files: list[str]) -> tuple[dict, list[dict]]:
         if (p["method"], p["eta"]) in seen:
             raise ValueError(f"--merge: the point method={p['method']} eta={p['eta']} appears in two files.")
         seen.add((p["method"], p["eta"]))
-    config["methods"] = list(dict.fromkeys(p["method"] for p in points))
+    points.sort(key=lambda p: (METHODS.index(p["method"]), p["eta"] or 0.0))
+    config["methods"] = [m for m in METHODS if any(p["method"] == m for p in points)]
     config["etas"] = sorted({p["eta"] for p in points if p["eta"] is not None})
     return config, points
 
@@ -81,7 +83,7 @@ def plot(config: dict, points: list[dict], path: str) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--etas", nargs="+", type=float, default=[0.1, 0.5, 1.0, 2.0])
-    parser.add_argument("--methods", nargs="+", default=["none", "expectation", "aps", "entrgi"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("-T", "--steps", type=int, default=32)
@@ -91,7 +93,7 @@ def main():
     parser.add_argument("--output", default="eta_sweep.json")
     parser.add_argument("--plot", help="PNG path for the reward-vs-perplexity plot")
     args = parser.parse_args()
-    unknown = sorted(set(args.methods) - {"none", "expectation", "aps", "entrgi"})
+    unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"--methods: unknown {unknown}; choose from none, expectation, aps, entrgi.")
     if args.merge:

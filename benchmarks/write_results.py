@@ -6,6 +6,7 @@
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from entrgi_pipelines.bench import markdown_table, mean_ci
@@ -26,6 +27,8 @@ def main():
     args = parser.parse_args()
     run = json.loads(Path(args.results).read_text())
     records, methods, config = run["records"], list(run["summary"]), run["config"]
+    for r in records:
+        r["log_perplexity"] = math.log(r["perplexity"])
     out = ["## Table", "", markdown_table(run["summary"]), ""]
     out.append(
         f"{config['num_prompts']} prompts; n = prompts x seeds run for each method (seeds "
@@ -37,8 +40,8 @@ def main():
         "",
         "## Paired differences (same prompt, same seed)",
         "",
-        "| comparison | Top@1 difference | Top@1: share of pairs won | judge difference |",
-        "|---|---|---|---|",
+        "| comparison | Top@1 difference | Top@1: share of pairs won | judge difference | perplexity ratio |",
+        "|---|---|---|---|---|",
     ]
     for a, b in [
         ("entrgi", "none"),
@@ -50,7 +53,13 @@ def main():
         if a in methods and b in methods:
             d, ci, win = paired(records, a, b, "top1")
             j, jci, _ = paired(records, a, b, "judge")
-            out.append(f"| {a} − {b} | {d:+.4f} ± {ci:.4f} | {win:.0%} | {j:+.3f} ± {jci:.3f} |")
+            lp, lpci, _ = paired(records, a, b, "log_perplexity")
+            ratio = f"{math.exp(lp):.2f} ({math.exp(lp - lpci):.2f}–{math.exp(lp + lpci):.2f})"
+            out.append(f"| {a} − {b} | {d:+.4f} ± {ci:.4f} | {win:.0%} | {j:+.3f} ± {jci:.3f} | {ratio} |")
+    out.append(
+        "\nPerplexity ratio: geometric mean over pairs of the best samples' bigram perplexities, a over b, with its 95%"
+        " interval (above 1: a's best sample is less fluent)."
+    )
     out += ["", "## Ten unguided prompted samples (seed 0, first sample of each prompt)", ""]
     seen = set()
     for r in records:
@@ -81,9 +90,13 @@ def main():
         out.append(f"| {records[i]['prompt']} → {records[i]['target']} | " + " | ".join(cells) + " |")
     if args.sweep:
         sweep = json.loads(Path(args.sweep).read_text())
+        c = sweep["config"]
         out += [
             "",
             "## Eta sweep",
+            "",
+            f"{c['num_prompts']} prompts x seeds {c['seeds']} (n = {c['num_prompts'] * len(c['seeds'])} per point), "
+            f"T={c['steps']}, L={c['gen_length']}, other settings as above; one `entrgi-bench` run per point.",
             "",
             "| method | eta | Top@1 | Avg@N | judge | perplexity | distinct-2 |",
             "|---|---|---|---|---|---|---|",
@@ -91,7 +104,7 @@ def main():
         for p in sweep["points"]:
             eta = "—" if p["eta"] is None else f"{p['eta']:g}"
             out.append(
-                f"| {p['method']} | {eta} | {p['top1']:.4f} | {p['avg']:.4f} | {p['judge']:.3f} | "
+                f"| {p['method']} | {eta} | {p['top1']:.4f} ± {p['top1_ci']:.4f} | {p['avg']:.4f} | {p['judge']:.3f} | "
                 f"{p['perplexity']:.1f} | {p['distinct2']:.3f} |"
             )
     print("\n".join(out))
