@@ -42,11 +42,16 @@ def sample_fluency(records: list[dict], tokenizer, fluency) -> dict:
     # An empty response (all end-of-text) has no perplexity; it is counted, not averaged in.
     log_ppl = [math.log(fluency.perplexity(x)) for x in ids]
     distinct = [distinct_n(x, 2) for x in ids if len(x) > 1]
+    # A bigram model rates strings of frequent tokens ("the , and ,") as likely, so report how much of the text is
+    # punctuation alongside its perplexity.
+    pieces = [tokenizer.convert_ids_to_tokens(x) for x in ids]
+    punctuation = sum(not any(c.isalnum() for c in p) for x in pieces for p in x) / max(sum(map(len, pieces)), 1)
     return {
         "samples": len(texts),
         "empty": len(texts) - len(ids),
         "perplexity": math.exp(sum(log_ppl) / len(log_ppl)) if log_ppl else float("nan"),
         "distinct2": sum(distinct) / len(distinct) if distinct else float("nan"),
+        "punctuation": punctuation,
         "examples": [f"{r['prompt']} … {r['texts'][0]}" for r in records[:3]],
     }
 
@@ -120,13 +125,15 @@ def main():
         lines.append(
             f"| {init} | {run['trainable_parameters'] / 1e6:.1f} M | {ppl} | {run['evals'][-1]['minutes']:.1f} |"
         )
-    lines += ["", "| model | samples | empty | bigram perplexity (geo-mean) | distinct-2 |", "|---|---|---|---|---|"]
+    lines += ["", "| model | samples | empty | bigram perplexity (geo-mean) | distinct-2 | punctuation tokens |"]
+    lines.append("|---|---|---|---|---|---|")
     named = {f"{i} ({args.steps} steps)": r for i, r in report["runs"].items()}
     if "reference" in report:
         named["reference"] = report["reference"]
     for name, run in named.items():
         lines.append(
-            f"| {name} | {run['samples']} | {run['empty']} | {run['perplexity']:.1f} | {run['distinct2']:.3f} |"
+            f"| {name} | {run['samples']} | {run['empty']} | {run['perplexity']:.1f} | {run['distinct2']:.3f} | "
+            f"{run['punctuation']:.0%} |"
         )
     for name, run in named.items():
         lines += ["", f"{name}:"] + [f"- {e}" for e in run["examples"]]
