@@ -53,6 +53,7 @@ def test_reward_seen_in_guidance_equals_reported_reward_for_the_same_tokens(
     assert len(guidance.trace) == 10  # 5 steps x 2 Adam steps
     saw_eos = False
     for entry in guidance.trace:
+        assert torch.all(entry["weight"] == 1)  # APS is EntRGi with w = 1 at every masked position
         texts = decode(tokenizer, entry["tokens"])
         # the responses round-trip through the reward tokenizer
         visible = visible_before_eos(entry["tokens"], tokenizer.eos_token_id)

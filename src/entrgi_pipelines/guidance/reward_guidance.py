@@ -48,7 +48,8 @@ class RewardGuidance(PipelineCallback):
         cutoff_step_ratio (`float`, defaults to 1.0) / cutoff_step_index (`int`, *optional*): guide only the steps
             before this point of the schedule.
         keep_trace (`bool`, defaults to `False`): record, for every guidance step, the response tokens with the
-            sampled hard tokens and the reward the reward model returned for them (`self.trace`).
+            sampled hard tokens, the reward the reward model returned for them and the mixing weight `w` of each
+            masked position (`self.trace`).
 
     Examples:
         ```py
@@ -173,7 +174,7 @@ class RewardGuidance(PipelineCallback):
             embeds = self.response_embeddings(term, tokens, masked, probs, hard, weight)
             total = total + term.weight * term.reward(embeds, visible.to(embeds.device)).to(probs.device)
         if self.config.keep_trace:
-            self.trace.append({"tokens": sampled, "reward": total.detach()})
+            self.trace.append({"tokens": sampled, "reward": total.detach(), "weight": weight.detach().reshape(-1)})
         return total
 
     def callback_fn(self, pipeline, step_index: int, timestep, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
