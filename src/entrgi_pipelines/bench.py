@@ -120,21 +120,28 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_length: int) -> None:
+    """K, T, L, M, eta, tau and top-p, shared by `entrgi-bench`, `entrgi generate` and the benchmark scripts."""
+    parser.add_argument("-K", "--num-samples", type=int, default=4, help="samples per prompt")
+    parser.add_argument("-T", "--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
+    parser.add_argument(
+        "-L", "--gen-length", type=int, default=gen_length, help=f"response tokens (default {gen_length})"
+    )
+    parser.add_argument("-M", "--guidance-steps", type=int, default=3, help="Adam steps per denoising step")
+    parser.add_argument("--eta", type=float, default=0.5, help="guidance learning rate")
+    parser.add_argument("--tau", type=float, default=0.7, help="sampling temperature")
+    parser.add_argument("--top-p", type=float, default=0.95)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="entrgi-bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", help="JSONL with {'prompt': ..., 'target': ...} per line (default: bundled)")
     parser.add_argument("--num-prompts", type=int, default=12, help="use the first N prompts (default 12)")
     parser.add_argument("--methods", nargs="+", default=["none", "entrgi"], choices=GUIDANCE_METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("-K", "--num-samples", type=int, default=4, help="samples per prompt")
     # Defaults sized for 12 prompts x 2 seeds x 2 methods in about 3 minutes on 2 CPU cores; docs/results.md uses
     # T = L = 32.
-    parser.add_argument("-T", "--steps", type=int, default=16, help="denoising steps (default 16)")
-    parser.add_argument("-L", "--gen-length", type=int, default=16, help="response tokens (default 16)")
-    parser.add_argument("-M", "--guidance-steps", type=int, default=3)
-    parser.add_argument("--eta", type=float, default=0.5, help="guidance learning rate")
-    parser.add_argument("--tau", type=float, default=0.7, help="sampling temperature")
-    parser.add_argument("--top-p", type=float, default=0.95)
+    add_sampling_arguments(parser, steps=16, gen_length=16)
     parser.add_argument("--dllm", help="diffusion LM folder (default: the embedded dLLM)")
     parser.add_argument("--reward-model", help="reward model folder to guide with (default: embedded similarity)")
     parser.add_argument("--judge", help="held-out judge folder (default: embedded topic judge)")

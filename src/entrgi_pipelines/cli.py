@@ -15,6 +15,7 @@ import textwrap
 
 import torch
 
+from .bench import add_sampling_arguments
 from .guidance.entrgi import GUIDANCE_METHODS
 
 
@@ -72,13 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("prompt")
     gen.add_argument("--target", required=True, help="what the reward asks the response to be about")
     gen.add_argument("--method", default="entrgi", choices=[m for m in GUIDANCE_METHODS if m != "none"])
-    gen.add_argument("-K", "--num-samples", type=int, default=4)
-    gen.add_argument("-T", "--steps", type=int, default=32)
-    gen.add_argument("-L", "--gen-length", type=int, default=32)
-    gen.add_argument("-M", "--guidance-steps", type=int, default=3)
-    gen.add_argument("--eta", type=float, default=0.5)
-    gen.add_argument("--tau", type=float, default=0.7)
-    gen.add_argument("--top-p", type=float, default=0.95)
+    add_sampling_arguments(gen, steps=32, gen_length=32)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--threads", type=int, default=None)
     gen.add_argument("--width", type=int, default=58)
