@@ -71,15 +71,20 @@ def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     return torch.rand(*shape, generator=generator, device=source).to(device)
 
 
+def _invert_cdf(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.LongTensor:
+    """The index where one uniform number per row, scaled by the row's total mass, falls in the row's CDF."""
+    uniform = _uniform((*cdf.shape[:-1], 1), generator, cdf.device)
+    tokens = torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True)
+    # float rounding can put the scaled number at the very end of the CDF
+    return tokens.squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+
+
 def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.LongTensor:
     """One categorical sample per row of `logits`, by inverting the CDF with one uniform number per row.
 
     Reproducible with a seeded `generator` (drawn on the generator's device); tokens at `-inf` are never drawn.
     """
-    cdf = logits.float().softmax(-1).cumsum(-1)
-    uniform = _uniform((*logits.shape[:-1], 1), generator, logits.device)
-    tokens = torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True)
-    return tokens.squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    return _invert_cdf(logits.float().softmax(-1).cumsum(-1), generator)
 
 
 def sample_tokens(
@@ -92,10 +97,7 @@ def sample_tokens(
     probs = log_probs.exp()
     if top_p is not None and top_p < 1.0:
         probs = probs.masked_fill(_nucleus(log_probs, top_p), 0.0)
-    cdf = probs.cumsum(-1)
-    uniform = _uniform((*logits.shape[:-1], 1), generator, logits.device)
-    tokens = torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True)
-    return tokens.squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    return _invert_cdf(probs.cumsum(-1), generator)
 
 
 class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
