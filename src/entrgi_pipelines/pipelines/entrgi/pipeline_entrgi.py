@@ -49,12 +49,15 @@ class EntRGiPipelineOutput(BaseOutput):
         all_texts (`list[list[str]]`): every sample, `B x K`.
         rewards (`torch.Tensor` of shape `(B, K)` or `None`): the reward of each sample on its discrete tokens.
         sequences (`torch.LongTensor` of shape `(B, K, gen_length)`): the generated token ids (no mask token left).
+        trajectory (`torch.LongTensor` of shape `(T, B, K, gen_length)` or `None`): the response tokens after each
+            denoising step, mask ids included (the last step equals `sequences`); only with `output_trajectory=True`.
     """
 
     texts: list[str]
     all_texts: list[list[str]]
     rewards: torch.Tensor | None
     sequences: torch.LongTensor
+    trajectory: torch.LongTensor | None = None
 
 
 def detect_logits_shift(config: Any) -> bool:
@@ -308,6 +311,7 @@ class EntRGiPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_dict: bool = True,
+        output_trajectory: bool = False,
     ) -> EntRGiPipelineOutput | tuple:
         r"""
         Generates `num_samples_per_prompt` responses per prompt, guided toward higher reward when a reward model is
@@ -342,11 +346,14 @@ class EntRGiPipeline(DiffusionPipeline):
                 among `logits` `(N, L, V)`, `response_tokens` `(N, L)`, `sequences` `(N, P + L)` and
                 `attention_mask`.
             return_dict (`bool`, defaults to `True`): return an [`EntRGiPipelineOutput`] or a tuple.
+            output_trajectory (`bool`, defaults to `False`): also return the response tokens after every step
+                (`trajectory`, `(T, B, K, L)`, masks included), e.g. to animate the denoising. Off, nothing is kept.
 
         Examples:
 
         Returns:
-            [`EntRGiPipelineOutput`] or `tuple` `(texts, all_texts, rewards, sequences)`.
+            [`EntRGiPipelineOutput`] or `tuple` `(texts, all_texts, rewards, sequences)`, with `trajectory` appended
+            to the tuple only when `output_trajectory=True`.
         """
         # 1. Check inputs
         self.check_inputs(
@@ -427,6 +434,7 @@ class EntRGiPipeline(DiffusionPipeline):
         self._num_timesteps = len(timesteps)
 
         # 4. Denoising loop
+        frames = [] if output_trajectory else None
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 logits = self.model(sequences, **model_inputs).logits
@@ -458,6 +466,8 @@ class EntRGiPipeline(DiffusionPipeline):
                     generator=generator,
                 ).prev_sample
                 sequences = torch.cat([sequences[:, :start], response_tokens], dim=1)
+                if frames is not None:
+                    frames.append(response_tokens)  # a fresh tensor each step: nothing later writes into it
                 progress_bar.update()
 
         # 5. Decode and score on the discrete tokens
@@ -476,12 +486,16 @@ class EntRGiPipeline(DiffusionPipeline):
             best = rewards.argmax(-1).tolist()
         best_texts = [all_texts[b][best[b] if best else 0] for b in range(B)]
         sequences_out = responses.reshape(B, K, L).cpu()
+        trajectory = torch.stack(frames).reshape(len(frames), B, K, L).cpu() if frames is not None else None
         self._sampling = {}
         self.maybe_free_model_hooks()
 
         if not return_dict:
-            return best_texts, all_texts, rewards, sequences_out
-        return EntRGiPipelineOutput(texts=best_texts, all_texts=all_texts, rewards=rewards, sequences=sequences_out)
+            # The tuple grows only on request, so existing 4-way unpacking keeps working.
+            return (best_texts, all_texts, rewards, sequences_out) + ((trajectory,) if output_trajectory else ())
+        return EntRGiPipelineOutput(
+            texts=best_texts, all_texts=all_texts, rewards=rewards, sequences=sequences_out, trajectory=trajectory
+        )
 
 
 class _ThenCall:
