@@ -64,8 +64,13 @@ def judge_scores(judge, tokenizer, targets: list[str], texts: list[str]) -> list
     return judge(**enc).logits[:, 0].float().tolist()
 
 
-def guided_samples(pipe, reward_model, reward_tokenizer, prompts, targets, method: str, args, generator):
-    """One pipeline call with the sampling settings of `args` (K, T, L, M, eta, tau, top_p), toward `targets`."""
+def guided_samples(
+    pipe, reward_model, reward_tokenizer, prompts, targets, method: str, args, generator, **pipeline_kwargs
+):
+    """One pipeline call with the sampling settings of `args` (K, T, L, M, eta, tau, top_p), toward `targets`.
+
+    `pipeline_kwargs` go to the pipeline as they are (e.g. `output_trajectory=True`, `callback_on_step_end=...`).
+    """
     return pipe(
         prompts,
         reward_model=reward_model,
@@ -80,6 +85,7 @@ def guided_samples(pipe, reward_model, reward_tokenizer, prompts, targets, metho
         temperature=args.tau,
         top_p=args.top_p,
         generator=generator,
+        **pipeline_kwargs,
     )
 
 
