@@ -26,51 +26,52 @@ import torch
 
 from .smollm import load_smollm
 
+# Subjects per topic, separated by semicolons.
 SUBJECTS = {
-    "religion": (
-        "prayer", "the Bible", "faith in God", "forgiveness", "a church service", "the prophets", "heaven",
-        "the meaning of grace", "Christmas", "monks and monasteries", "the Ten Commandments", "a pilgrimage",
+    "religion": tuple(
+        "prayer; the Bible; faith in God; forgiveness; a church service; the prophets; heaven; the meaning of"
+        " grace; Christmas; monks and monasteries; the Ten Commandments; a pilgrimage".split("; ")
     ),
-    "computers": (
-        "computer programs", "the internet", "learning to code", "a software bug", "Linux", "computer memory",
-        "passwords and security", "a new laptop", "databases", "video games", "artificial intelligence", "email",
+    "computers": tuple(
+        "computer programs; the internet; learning to code; a software bug; Linux; computer memory; passwords"
+        " and security; a new laptop; databases; video games; artificial intelligence; email".split("; ")
     ),
-    "food": (
-        "cooking rice", "fresh bread", "a healthy breakfast", "Italian food", "fruit and vegetables", "baking a cake",
-        "spicy food", "a family dinner", "coffee", "eating out at a restaurant", "soup on a cold day", "chocolate",
+    "food": tuple(
+        "cooking rice; fresh bread; a healthy breakfast; Italian food; fruit and vegetables; baking a cake; "
+        "spicy food; a family dinner; coffee; eating out at a restaurant; soup on a cold day; chocolate".split("; ")
     ),
-    "love": (
-        "falling in love", "a wedding", "marriage", "a first date", "friendship", "a love letter", "a broken heart",
-        "romance", "a happy couple", "missing someone you love", "Valentine's Day", "kindness between partners",
+    "love": tuple(
+        "falling in love; a wedding; marriage; a first date; friendship; a love letter; a broken heart; "
+        "romance; a happy couple; missing someone you love; Valentine's Day; kindness between partners".split("; ")
     ),
-    "politics": (
-        "elections", "the government", "voting", "a new law", "the courts", "democracy", "a political debate",
-        "taxes", "the constitution", "a city council", "freedom of speech", "lawyers and judges",
+    "politics": tuple(
+        "elections; the government; voting; a new law; the courts; democracy; a political debate; taxes; the "
+        "constitution; a city council; freedom of speech; lawyers and judges".split("; ")
     ),
-    "science": (
-        "the solar system", "atoms", "evolution", "a science experiment", "the human brain", "climate", "gravity",
-        "the ocean", "electricity", "dinosaurs", "chemistry", "the speed of light",
+    "science": tuple(
+        "the solar system; atoms; evolution; a science experiment; the human brain; climate; gravity; the "
+        "ocean; electricity; dinosaurs; chemistry; the speed of light".split("; ")
     ),
-    "work": (
-        "a job interview", "working from home", "a difficult boss", "teamwork", "a busy office", "a career change",
-        "meetings", "getting a promotion", "a hard day at work", "starting a small business", "time management",
-        "colleagues",
+    "work": tuple(
+        "a job interview; working from home; a difficult boss; teamwork; a busy office; a career change; "
+        "meetings; getting a promotion; a hard day at work; starting a small business; time management; "
+        "colleagues".split("; ")
     ),
-    "education": (
-        "school", "a good teacher", "studying for exams", "learning a language", "university", "homework",
-        "reading books", "a library", "math class", "graduation", "online courses", "a child's first day at school",
+    "education": tuple(
+        "school; a good teacher; studying for exams; learning a language; university; homework; reading "
+        "books; a library; math class; graduation; online courses; a child's first day at school".split("; ")
     ),
-    "medicine": (
-        "visiting a doctor", "a hospital", "vaccines", "healthy sleep", "a common cold", "medicine and pills",
-        "nurses", "exercise and health", "a broken arm", "mental health", "washing your hands", "the heart",
+    "medicine": tuple(
+        "visiting a doctor; a hospital; vaccines; healthy sleep; a common cold; medicine and pills; nurses; "
+        "exercise and health; a broken arm; mental health; washing your hands; the heart".split("; ")
     ),
-    "sports": (
-        "football", "running a marathon", "basketball", "the Olympics", "swimming", "a tennis match",
-        "a team winning a game", "cycling", "training for a race", "baseball", "a soccer coach", "skiing",
+    "sports": tuple(
+        "football; running a marathon; basketball; the Olympics; swimming; a tennis match; a team winning a "
+        "game; cycling; training for a race; baseball; a soccer coach; skiing".split("; ")
     ),
-    "general": (
-        "the weather", "a summer holiday", "dogs", "a walk in the forest", "the city at night", "music",
-        "an old house", "the sea", "a train journey", "a rainy day", "gardening", "a birthday party",
+    "general": tuple(
+        "the weather; a summer holiday; dogs; a walk in the forest; the city at night; music; an old house; "
+        "the sea; a train journey; a rainy day; gardening; a birthday party".split("; ")
     ),
 }
 
@@ -154,13 +155,16 @@ def main(argv: list[str] | None = None) -> None:
     done = sum(1 for _ in open(output)) if output.exists() else 0
     model, tokenizer = load_smollm()
     prompts = distill_prompts()
+
     # Each pass over the prompts is shuffled anew; records are numbered, so a resumed run picks up the same order.
     def prompt_at(i: int) -> dict:
         return random.Random(args.seed + i // len(prompts)).sample(prompts, len(prompts))[i % len(prompts)]
 
     start, written, tokens = time.time(), done, 0
     with open(output, "a") as handle:
-        while (time.time() - start) / 60 < args.max_minutes and (args.max_records is None or written < args.max_records):
+        while (time.time() - start) / 60 < args.max_minutes and (
+            args.max_records is None or written < args.max_records
+        ):
             batch = [prompt_at(i) for i in range(written, written + args.batch_size)]
             results = generate_batch(
                 model, tokenizer, [b["prompt"] for b in batch], args.max_new_tokens, args.seed * 1_000_003 + written

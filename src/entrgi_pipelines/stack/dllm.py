@@ -16,6 +16,26 @@ from .minilm import load_minilm_encoder_state, load_minilm_tokenizer, minilm_pat
 
 DLLM_WEIGHTS_DIR = Path(__file__).parent / "weights" / "dllm"
 DELTA_FILE = "delta.safetensors"
+# v1: trained on Debian's text (King James Bible, fortunes, WordNet); v2: continued from v1 on prompt -> response pairs
+# written by SmolLM2-135M-Instruct (see docs/stack.md). The published v1 results stay reproducible with version="v1".
+DLLM_VERSIONS = {"v1": DLLM_WEIGHTS_DIR, "v2": DLLM_WEIGHTS_DIR.parent / "dllm-v2"}
+
+
+def default_dllm_version() -> str:
+    """The newest shipped version."""
+    return max(v for v, folder in DLLM_VERSIONS.items() if (folder / DELTA_FILE).exists())
+
+
+def delta_file(version: str | None = None) -> Path:
+    """The shipped delta of an embedded dLLM version (`"v1"`, `"v2"`; default: the newest)."""
+    version = version or default_dllm_version()
+    if version not in DLLM_VERSIONS:
+        raise ValueError(f"`version` must be one of {sorted(DLLM_VERSIONS)}, got {version!r}.")
+    return DLLM_VERSIONS[version] / DELTA_FILE
+
+
+def load_delta(version: str | None = None) -> dict[str, torch.Tensor]:
+    return load_file(str(delta_file(version)))
 
 
 def cache_root() -> Path:
@@ -42,7 +62,7 @@ def merge_delta(delta: dict[str, torch.Tensor]) -> BertForMaskedLM:
 
 def build_embedded_dllm(save_dir: str | Path, delta_path: str | Path | None = None) -> Path:
     """Writes the embedded dLLM (weights and tokenizer) as a `from_pretrained` folder."""
-    delta_path = Path(delta_path or DLLM_WEIGHTS_DIR / DELTA_FILE)
+    delta_path = Path(delta_path or delta_file())
     model = merge_delta(load_file(str(delta_path)))
     save_dir = Path(save_dir)
     model.save_pretrained(save_dir)
@@ -50,9 +70,11 @@ def build_embedded_dllm(save_dir: str | Path, delta_path: str | Path | None = No
     return save_dir
 
 
-def embedded_dllm_path(cache_dir: str | Path | None = None, delta_path: str | Path | None = None) -> Path:
+def embedded_dllm_path(
+    cache_dir: str | Path | None = None, delta_path: str | Path | None = None, version: str | None = None
+) -> Path:
     """The cached checkpoint folder of the embedded dLLM, built on first use (keyed by the delta's hash)."""
-    delta_path = Path(delta_path or DLLM_WEIGHTS_DIR / DELTA_FILE)
+    delta_path = Path(delta_path or delta_file(version))
     digest = hashlib.sha1(delta_path.read_bytes()).hexdigest()[:12]
     target = Path(cache_dir) if cache_dir else cache_root() / f"dllm-{digest}"
     if not (target / "config.json").exists():
@@ -68,7 +90,9 @@ def embedded_dllm_path(cache_dir: str | Path | None = None, delta_path: str | Pa
     return target
 
 
-def load_embedded_dllm(cache_dir: str | Path | None = None, delta_path: str | Path | None = None):
-    """`(model, tokenizer)` of the embedded dLLM, loaded with `from_pretrained`."""
-    path = embedded_dllm_path(cache_dir, delta_path)
+def load_embedded_dllm(
+    cache_dir: str | Path | None = None, delta_path: str | Path | None = None, version: str | None = None
+):
+    """`(model, tokenizer)` of the embedded dLLM (`version` "v1" or "v2", default the newest), via `from_pretrained`."""
+    path = embedded_dllm_path(cache_dir, delta_path, version)
     return AutoModelForMaskedLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)

@@ -47,6 +47,8 @@ class PromptResponseSampler:
         self.rng = random.Random(seed)
         self.max_prompt = max_prompt
         self.cls, self.sep, self.pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+        if not docs:
+            return
         ids = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
         self.by_source: dict[str, list[list[int]]] = {}
         for doc, tokens in zip(docs, ids):
@@ -80,6 +82,31 @@ class PromptResponseSampler:
             input_ids[i, -len(seq) :] = torch.tensor(seq)
             attention_mask[i, -len(seq) :] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "response_length": response_length}
+
+
+class PairSampler(PromptResponseSampler):
+    """Draws (prompt, response) pairs of the distillation corpus (`stack.distill`): the response starts at its start."""
+
+    def __init__(self, pairs: list[dict], tokenizer, seed: int, max_prompt: int = 24):
+        super().__init__([], tokenizer, seed, max_prompt)
+        prompts = tokenizer([p["prompt"] for p in pairs], add_special_tokens=False)["input_ids"]
+        responses = tokenizer([p["response"] for p in pairs], add_special_tokens=False)["input_ids"]
+        self.pairs = [(q[:max_prompt], r) for q, r in zip(prompts, responses) if r]
+
+    def example(self, response_length: int, rng: random.Random) -> tuple[list[int], list[int]]:
+        prompt, response = rng.choice(self.pairs)
+        response = response[:response_length]
+        return prompt, response + [self.sep] * (response_length - len(response))
+
+
+class MixedSampler:
+    """Batches drawn from the distillation pairs with probability `share`, else from the documents."""
+
+    def __init__(self, pairs: PairSampler, docs: PromptResponseSampler, share: float, seed: int):
+        self.pairs, self.docs, self.share, self.rng = pairs, docs, share, random.Random(seed + 1)
+
+    def batch(self, rows: int, response_length: int) -> dict:
+        return (self.pairs if self.rng.random() < self.share else self.docs).batch(rows, response_length)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -122,6 +149,14 @@ def evaluate(model, batches: list[dict], mask_token_id: int) -> dict:
 
 
 def build_model(init: str) -> BertForMaskedLM:
+    if init == "v1":
+        # Continue from the shipped v1 model (itself MiniLM-initialised): same frozen tensors, same delta layout.
+        from .dllm import load_delta, merge_delta
+
+        model = merge_delta(load_delta("v1")).train()
+        for name, param in model.named_parameters():
+            param.requires_grad_(name not in FROZEN)
+        return model
     config = BertConfig.from_pretrained(minilm_path())
     config.architectures = ["BertForMaskedLM"]
     model = BertForMaskedLM(config)
@@ -144,7 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--documents", required=True, help="JSONL written by entrgi_pipelines.stack.corpus")
     parser.add_argument("--output", required=True, help="folder for the delta weights, config and log")
-    parser.add_argument("--init", choices=("minilm", "scratch"), default="minilm")
+    parser.add_argument("--init", choices=("minilm", "scratch", "v1"), default="minilm")
+    parser.add_argument("--distill", help="JSONL of prompt -> response pairs written by entrgi_pipelines.stack.distill")
+    parser.add_argument("--distill-share", type=float, default=0.8, help="share of batches drawn from --distill")
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--max-minutes", type=float, default=60.0)
     parser.add_argument("--batch-tokens", type=int, default=2560, help="prompt + response tokens per batch")
@@ -167,6 +204,17 @@ def main(argv: list[str] | None = None) -> dict:
     heldout = PromptResponseSampler([d for d in docs if d["split"] == "heldout"], tokenizer, args.seed)
     eval_rng = random.Random(4321)
     eval_batches = [heldout.batch(32, RESPONSE_LENGTHS[i % 4], eval_rng) for i in range(args.eval_batches)]
+    distill_eval = []
+    if args.distill:
+        pairs = read_jsonl(args.distill)
+        train = MixedSampler(
+            PairSampler([p for p in pairs if p["split"] == "train"], tokenizer, args.seed),
+            train,
+            args.distill_share,
+            args.seed,
+        )
+        distill_heldout = PairSampler([p for p in pairs if p["split"] == "heldout"], tokenizer, args.seed)
+        distill_eval = [distill_heldout.batch(32, RESPONSE_LENGTHS[i % 4], eval_rng) for i in range(args.eval_batches)]
 
     model = build_model(args.init)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -181,13 +229,15 @@ def main(argv: list[str] | None = None) -> dict:
             "minutes": (time.time() - start) / 60,
             **evaluate(model, eval_batches, tokenizer.mask_token_id),
         }
+        if distill_eval:
+            entry["distill"] = evaluate(model, distill_eval, tokenizer.mask_token_id)
         log["evals"].append(entry)
         print(json.dumps(entry), flush=True)
         save(model)
 
     def save(model):
         # Written at every evaluation, so a long run can be used (and stopped) at any point.
-        if args.init == "minilm":
+        if args.init in ("minilm", "v1"):
             save_file(delta_state_dict(model), str(output / "delta.safetensors"))
         else:
             # A full from_pretrained folder (tokenizer included), usable as `entrgi-bench --dllm`.
