@@ -45,8 +45,9 @@ class RewardGuidance(PipelineCallback):
         unmapped_tokens (`str` or `int`, defaults to `"unk"`): what diffusion tokens absent from a reward vocabulary
             become (see [`VocabularyMap.from_tokenizers`]); `vocab_coverage` reports the mapped fraction.
         padding_side (`str`, *optional*): overrides where reward inputs are padded (see `SequenceClassifierReward`).
-        cutoff_step_ratio (`float`, defaults to 1.0) / cutoff_step_index (`int`, *optional*): guide only the steps
-            before this point of the schedule.
+        cutoff_step_ratio (`float`, defaults to 1.0): guide only the steps before this fraction of the schedule.
+        cutoff_step_index (`int`, *optional*): guide only the steps before this index; pass it with
+            `cutoff_step_ratio=None` (diffusers' `PipelineCallback` takes one of the two).
         keep_trace (`bool`, defaults to `False`): record, for every guidance step, the response tokens with the
             sampled hard tokens, the reward the reward model returned for them and the mixing weight `w` of each
             masked position (`self.trace`).
