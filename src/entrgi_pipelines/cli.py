@@ -5,12 +5,18 @@
 samples the same prompt without guidance and with EntRGi (same seed) and prints the samples side by side with
 their rewards (cosine similarity of MiniLM embeddings of the target and the response) and the held-out judge's
 score (probability that the response is on the target's topic).
+
+    entrgi animate "and he said unto them" --target "food and eating" --output anim.gif
+
+writes the denoising of the unguided and the guided best sample side by side as an animated GIF (masked positions
+as grey blocks, tokens appearing as they are committed).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import textwrap
 
 import torch
@@ -66,6 +72,24 @@ def generate(args) -> dict:
     return results
 
 
+def animate(args) -> None:
+    """Writes a GIF of the denoising of the unguided and the guided best sample, side by side."""
+    from .demo import check_comparison_inputs, compare_methods, denoising_gif
+    from .stack import load_embedded_stack
+
+    check_comparison_inputs(args.prompt, args.target, args.method, args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stack = load_embedded_stack()
+    stack.pipe.set_progress_bar_config(disable=args.quiet)
+    sides = compare_methods(stack, args.prompt, args.target, args.method, args, args.seed)
+    path = denoising_gif(stack, sides, args.output, args.prompt, args.target)
+    for side in sides:
+        best = side.best
+        print(f"{side.label}: reward {side.rewards[best]:+.4f} judge {side.judge[best]:.2f}  {side.texts[best]}")
+    print(f"wrote {path} ({args.steps} steps, {path.stat().st_size // 1024} KiB)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="entrgi", description="EntRGi on the embedded offline stack.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,7 +102,26 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--threads", type=int, default=None)
     gen.add_argument("--width", type=int, default=58)
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    anim = sub.add_parser("animate", help="a GIF of the denoising: unguided vs guided best sample, side by side")
+    anim.add_argument("prompt")
+    anim.add_argument("--target", required=True, help="what the reward asks the response to be about")
+    anim.add_argument("--method", default="entrgi", choices=[m for m in GUIDANCE_METHODS if m != "none"])
+    anim.add_argument("--output", default="denoising.gif", help="the GIF to write (default denoising.gif)")
+    add_sampling_arguments(anim, steps=32, gen_length=32)
+    anim.add_argument("--seed", type=int, default=0)
+    anim.add_argument("--threads", type=int, default=None)
+    anim.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.command == "animate":
+        if not args.output.lower().endswith(".gif"):
+            anim.error(f"--output must name a .gif file, got {args.output!r}")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+            anim.error(f"--output {args.output!r}: its folder does not exist")
+        try:
+            animate(args)
+        except (ValueError, TypeError) as error:  # bad values, refused before any model work
+            anim.error(str(error))
+        return
     generate(args)  # nothing returned: a console script's return value becomes its exit status
 
 
