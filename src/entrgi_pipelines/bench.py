@@ -167,7 +167,9 @@ def load_components(args):
     from .stack.dllm import load_embedded_dllm
 
     def hf(path, cls):
-        return cls.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+        # safetensors only, and never code from the folder (trust_remote_code=False: no interactive prompt either)
+        model = cls.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        return model.eval(), AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
     model, tokenizer = hf(args.dllm, AutoModelForMaskedLM) if args.dllm else load_embedded_dllm()
     reward = (

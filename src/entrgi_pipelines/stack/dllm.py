@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
+from .cache import cached_build
 from .minilm import load_minilm_encoder_state, load_minilm_tokenizer, minilm_path
 
 DLLM_WEIGHTS_DIR = Path(__file__).parent / "weights" / "dllm"
@@ -77,17 +76,8 @@ def embedded_dllm_path(
     delta_path = Path(delta_path or delta_file(version))
     digest = hashlib.sha1(delta_path.read_bytes()).hexdigest()[:12]
     target = Path(cache_dir) if cache_dir else cache_root() / f"dllm-{digest}"
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-        try:
-            build_embedded_dllm(tmp, delta_path)
-            if not (target / "config.json").exists():
-                shutil.rmtree(target, ignore_errors=True)
-                tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    # Built atomically under a lock, with a manifest of hashes checked on use (a damaged folder is rebuilt).
+    return cached_build(target, lambda folder: build_embedded_dllm(folder, delta_path), description="embedded dLLM")
 
 
 def load_embedded_dllm(
@@ -95,4 +85,6 @@ def load_embedded_dllm(
 ):
     """`(model, tokenizer)` of the embedded dLLM (`version` "v1" or "v2", default the newest), via `from_pretrained`."""
     path = embedded_dllm_path(cache_dir, delta_path, version)
-    return AutoModelForMaskedLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    # safetensors only, and never code from the folder (no prompt either: trust_remote_code is False, not None)
+    model = AutoModelForMaskedLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+    return model.eval(), AutoTokenizer.from_pretrained(path, trust_remote_code=False)

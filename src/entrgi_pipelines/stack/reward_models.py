@@ -26,8 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -44,6 +42,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .cache import cached_build
 from .minilm import load_minilm_encoder_state, load_minilm_tokenizer, minilm_path
 
 JUDGE_WEIGHTS_DIR = Path(__file__).parent / "weights" / "judge"
@@ -258,20 +257,11 @@ def _default_cache_dir(name: str) -> Path:
 
 
 def _load_cached(build, cache_dir: Path):
-    if not (cache_dir / "config.json").exists():
-        # Build next to the cache and rename, so an interrupted build never leaves a half-written model behind.
-        cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}-", dir=cache_dir.parent))
-        try:
-            build(tmp)
-            tmp.rename(cache_dir)
-        except OSError:
-            if not (cache_dir / "config.json").exists():  # not just a concurrent build that finished first
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    model = AutoModelForSequenceClassification.from_pretrained(cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(cache_dir)
+    # Built atomically under a lock, with a manifest of hashes checked on use (a damaged folder is rebuilt).
+    cached_build(cache_dir, build, description=build.__name__.removeprefix("build_").replace("_", " "))
+    # safetensors only, and never code from the folder (no prompt either: trust_remote_code is False, not None)
+    model = AutoModelForSequenceClassification.from_pretrained(cache_dir, use_safetensors=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(cache_dir, trust_remote_code=False)
     return model.eval(), tokenizer
 
 

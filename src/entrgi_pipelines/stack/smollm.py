@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .cache import cached_build
 from .dllm import cache_root
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -66,21 +65,16 @@ def build_smollm(save_dir: str | Path) -> Path:
 def smollm_path(cache_dir: str | Path | None = None) -> Path:
     """The cached `from_pretrained` folder of SmolLM2-135M-Instruct, built on first use."""
     target = Path(cache_dir) if cache_dir else cache_root() / f"smollm2-{_file_digest(smollm_gguf_path())}"
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-        try:
-            build_smollm(tmp)
-            if not (target / "config.json").exists():
-                shutil.rmtree(target, ignore_errors=True)
-                tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    # Built atomically under a lock, with a manifest of hashes checked on use (a damaged folder is rebuilt).
+    return cached_build(target, build_smollm, description="SmolLM2-135M-Instruct conversion")
 
 
 def load_smollm(cache_dir: str | Path | None = None):
     """`(model, tokenizer)` of SmolLM2-135M-Instruct in float32, eval mode, loaded offline."""
     path = smollm_path(cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tokenizer
+    # safetensors only, and never code from the folder (no prompt either: trust_remote_code is False, not None)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+    )
+    return model.eval(), tokenizer

@@ -110,6 +110,13 @@ class EntRGiPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "model"
     _callback_tensor_inputs = ["logits", "response_tokens", "sequences", "attention_mask"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """[`DiffusionPipeline.from_pretrained`] with safetensors weights only (loading a pickle checkpoint can run
+        code): a folder with `.bin` weights alone is refused unless `use_safetensors=False` is passed."""
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     def __init__(
         self,
         model: Any,
