@@ -3,6 +3,7 @@
 from .guidance import RewardGuidance, VocabularyMap, entrgi_embeddings, entropy_weight
 from .pipelines import EntRGiPipeline, EntRGiPipelineOutput
 from .schedulers import MaskedDiffusionScheduler, MaskedDiffusionSchedulerOutput
+from .stack import reward_models as _reward_models  # noqa: F401  (registers the reward models' Auto classes)
 
 __version__ = "0.1.0"
 
