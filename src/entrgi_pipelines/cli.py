@@ -10,6 +10,11 @@ score (probability that the response is on the target's topic).
 
 writes the denoising of the unguided and the guided best sample side by side as an animated GIF (masked positions
 as grey blocks, tokens appearing as they are committed).
+
+    entrgi export hub-repos --namespace my-name
+
+writes the embedded stack as three Hub repo folders with model cards, `hub-repos/{pipeline,reward,judge}`, ready
+for `hf upload my-name/entrgi-embedded-pipeline hub-repos/pipeline .` (see docs/hub.md).
 """
 
 from __future__ import annotations
@@ -90,6 +95,16 @@ def animate(args) -> None:
     print(f"wrote {path} ({args.steps} steps, {path.stat().st_size // 1024} KiB)")
 
 
+def export(args) -> None:
+    """Writes the embedded stack as three Hub repo folders (pipeline, reward, judge) with model cards."""
+    from .hub import embedded_repo_ids, export_embedded_stack
+
+    folders = export_embedded_stack(args.dir, namespace=args.namespace)
+    repo_ids = embedded_repo_ids(args.namespace)
+    for kind, folder in folders.items():
+        print(f"{kind:>8}: {folder}   upload: hf upload {repo_ids[kind]} {folder} .")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="entrgi", description="EntRGi on the embedded offline stack.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,7 +126,21 @@ def main(argv: list[str] | None = None) -> None:
     anim.add_argument("--seed", type=int, default=0)
     anim.add_argument("--threads", type=int, default=None)
     anim.add_argument("--quiet", action="store_true", help="no progress bars")
+    exp = sub.add_parser("export", help="write the embedded stack as Hub repo folders: DIR/pipeline, reward, judge")
+    exp.add_argument("dir", help="where to write the three repo folders (existing ones are replaced)")
+    exp.add_argument(
+        "--namespace", default="entrgi", help="the Hub user or organisation the model cards name (default entrgi)"
+    )
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from .hub import embedded_repo_ids
+
+        try:
+            embedded_repo_ids(args.namespace)  # a namespace that is not a Hub name is refused before any model work
+        except ValueError as error:
+            exp.error(str(error))
+        export(args)
+        return
     if args.command == "animate":
         if not args.output.lower().endswith(".gif"):
             anim.error(f"--output must name a .gif file, got {args.output!r}")

@@ -15,6 +15,7 @@ from diffusers.utils import BaseOutput, replace_example_docstring
 from ...guidance.entrgi import GUIDANCE_METHODS
 from ...guidance.reward_guidance import RewardGuidance
 from ...guidance.rewards import visible_before_eos
+from ...hub import HubPipelineMixin
 from ...schedulers.scheduling_masked_diffusion import MaskedDiffusionScheduler
 
 EXAMPLE_DOC_STRING = """
@@ -90,7 +91,7 @@ def _guidance_first(guidance: PipelineCallback, callback: Any, tensor_inputs: li
     return _ThenCall(guidance, callback, tensor_inputs)
 
 
-class EntRGiPipeline(DiffusionPipeline):
+class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
     r"""
     Text generation with a masked discrete diffusion language model, optionally steered toward higher reward by
     EntRGi (entropy-aware reward guidance) or its baselines.
