@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-from tokenizers.models import WordPiece
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers.models import BPE, WordPiece
 from transformers import (
     BertConfig,
     BertForMaskedLM,
@@ -63,6 +63,39 @@ def tiny_wordpiece_tokenizer(chat_template: bool = False) -> PreTrainedTokenizer
     )
     if chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+BPE_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A cased byte-level BPE tokenizer (`Ġword`) with a ChatML chat template, trained here on `WORDS` (~600 tokens).
+
+    Unlike `tiny_wordpiece_tokenizer` (an uncased WordPiece, as a dLLM's), it spells `god` and `king` only
+    capitalised (`ĠGod`, `ĠKing`), `lovely` as one token (`Ġlovely`), has both `,` and `Ġ,`, and no `ing` piece: the
+    cases a vocabulary bridge between the two meets. Deterministic; nothing is downloaded.
+    """
+    words = [w for w in WORDS if w.isalpha() and w not in ("god", "king")]
+    lines = [" ".join(words)] * 4 + ["a lovely day , said the God of the King ."] * 4 + ["we ran . we sang !"] * 2
+    backend = Tokenizer(BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(lines, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token=special[0], bos_token=special[1], eos_token=special[2], pad_token=special[2]
+    )
+    tokenizer.chat_template = BPE_CHAT_TEMPLATE
     return tokenizer
 
 

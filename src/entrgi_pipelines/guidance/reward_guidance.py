@@ -10,6 +10,7 @@ from diffusers.callbacks import PipelineCallback
 
 from .entrgi import GUIDANCE_METHODS, entrgi_embeddings, optimize_logits
 from .rewards import RewardTerm, visible_before_eos
+from .templates import RewardTemplate
 from .vocab import VocabularyMap
 
 
@@ -51,6 +52,13 @@ class RewardGuidance(PipelineCallback):
         keep_trace (`bool`, defaults to `False`): record, for every guidance step, the response tokens with the
             sampled hard tokens, the reward the reward model returned for them and the mixing weight `w` of each
             masked position (`self.trace`).
+        reward_template ([`RewardTemplate`], list of messages, `str`, or a list of those, *optional*): where the
+            prompt (`{prompt}`), the target (`{target}`: the pipeline's `reward_prompt`, by default the prompt) and
+            the response (`{response}`) go in each reward model's input, one template or one per reward model.
+            `None` uses the reward model's own `reward_template` when it has one (e.g. [`CausalLMReward`]), else
+            `[user: {target}, assistant: {response}]` (a text pair for tokenizers without a chat template).
+        prefix_cache (`bool`, *optional*): compute the keys and values of the conversation before the response once
+            per call for causal reward models (default: wherever the model supports it; `False` turns it off).
 
     Examples:
         ```py
@@ -88,6 +96,8 @@ class RewardGuidance(PipelineCallback):
         cutoff_step_ratio: float | None = 1.0,
         cutoff_step_index: int | None = None,
         keep_trace: bool = False,
+        reward_template: Any = None,
+        prefix_cache: bool | None = None,
     ):
         super().__init__(cutoff_step_ratio=cutoff_step_ratio, cutoff_step_index=cutoff_step_index)
         if guidance not in GUIDANCE_METHODS:
@@ -109,6 +119,16 @@ class RewardGuidance(PipelineCallback):
                 "`reward_weights`: give one tokenizer and one weight per reward model."
             )
         self.reward_models, self.reward_tokenizers, self.reward_weights = models, tokenizers, weights
+        # One template per model: a list of templates (not a list of message dicts) gives one each.
+        one_each = isinstance(reward_template, (list, tuple)) and not (
+            reward_template and isinstance(reward_template[0], dict)
+        )
+        templates = list(reward_template) if one_each else [reward_template] * len(models)
+        if len(templates) != len(models):
+            raise ValueError(f"Got {len(templates)} `reward_template`s for {len(models)} reward models: give one each.")
+        self.reward_templates = [None if t is None else RewardTemplate.from_any(t) for t in templates]
+        if prefix_cache not in (None, True, False):
+            raise ValueError(f"`prefix_cache` must be True, False or None (where supported), got {prefix_cache!r}.")
         # Registered by hand: the models are not configuration (diffusers' decorator misaligns positional
         # arguments when the leading ones are ignored).
         self.register_to_config(
@@ -119,6 +139,7 @@ class RewardGuidance(PipelineCallback):
             unmapped_tokens=unmapped_tokens,
             padding_side=padding_side,
             keep_trace=keep_trace,
+            prefix_cache=prefix_cache,
         )
         self.terms: list[RewardTerm] = []
         self.trace: list[dict[str, torch.Tensor]] = []
@@ -129,17 +150,22 @@ class RewardGuidance(PipelineCallback):
         """For each reward model, the fraction of the diffusion vocabulary that maps onto its vocabulary."""
         return [term.vocab_map.coverage for term in self.terms]
 
-    def prepare(self, pipeline, reward_prompts: Sequence[str]) -> None:
-        """Binds the callback to a pipeline call: reward terms, one reward prompt per sample, sampling settings."""
+    def prepare(self, pipeline, reward_prompts: Sequence[str], prompts: Sequence[str] | None = None) -> None:
+        """Binds the callback to a pipeline call: reward terms, one reward prompt (the `{target}` slot) and one
+        generation prompt (`{prompt}`, defaults to the reward prompt) per sample, sampling settings."""
         if not self.terms or self._call.get("tokenizer") is not pipeline.tokenizer:
             vocab_size = pipeline.vocab_size
             self.terms = []
-            for model, tokenizer, weight in zip(self.reward_models, self.reward_tokenizers, self.reward_weights):
+            for model, tokenizer, weight, template in zip(
+                self.reward_models, self.reward_tokenizers, self.reward_weights, self.reward_templates
+            ):
                 tokenizer = tokenizer if tokenizer is not None else pipeline.tokenizer
                 vocab_map = VocabularyMap.from_tokenizers(
                     pipeline.tokenizer, tokenizer, self.config.unmapped_tokens, source_size=vocab_size
                 )
-                term = RewardTerm(model, tokenizer, weight, vocab_map, self.config.padding_side)
+                term = RewardTerm(
+                    model, tokenizer, weight, vocab_map, self.config.padding_side, template, self.config.prefix_cache
+                )
                 if term.vocab_map.ids.max() >= term.embeddings.weight.shape[0]:
                     raise ValueError(
                         f"The diffusion vocabulary ({vocab_size} tokens) maps beyond the reward model's embedding "
@@ -147,7 +173,7 @@ class RewardGuidance(PipelineCallback):
                     )
                 self.terms.append(term)
         for term in self.terms:
-            term.prepare(reward_prompts, term.embeddings.weight.device)
+            term.prepare(reward_prompts, term.embeddings.weight.device, prompts)
         self._call = {"tokenizer": pipeline.tokenizer, **pipeline.sampling_state}
         self.trace = []
 

@@ -1,10 +1,10 @@
 """Differentiable rewards: adapters for reward models, and the layout of their inputs.
 
-A reward sees `prefix | response | suffix` for each sample, where the prefix and suffix wrap the response the way
-the reward model was trained (its chat template, or a text pair without one). Guidance feeds the response as
-embeddings (soft, hard or mixed); the reported reward feeds the decoded text's tokens. Both go through
-:meth:`RewardTerm.reward`, so for the same tokens they see the same sequence, padding, pooling position and
-end-of-sequence cut.
+A reward sees `prefix | response | suffix` for each sample, where the prefix and suffix wrap the response as a
+[`RewardTemplate`] says (by default the way the reward model was trained: its chat template, or a text pair without
+one). Guidance feeds the response as embeddings (soft, hard or mixed); the reported reward feeds the decoded text's
+tokens. Both go through :meth:`RewardTerm.reward`, so for the same tokens they see the same sequence, padding, pooling
+position, scored tokens and end-of-sequence cut.
 """
 
 from __future__ import annotations
@@ -14,14 +14,32 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .prefix_cache import PrefixCache, cache_argument, cacheable_model
+from .templates import RewardTemplate, layout_response
 from .vocab import VocabularyMap
 
-_RESPONSE_SLOT = "\u2063entrgi-response\u2063"
+
+class RewardAdapter(nn.Module):
+    """
+    Base of the reward adapters: `forward(inputs_embeds, attention_mask, **extra) -> reward (N,)` and
+    `get_input_embeddings()`.
+
+    Attributes:
+        padding_side (`str`): where [`RewardTerm`] puts the padding of its inputs (`"left"` for models that read the
+            last position: decoders).
+        accepts (`set[str]`): the optional inputs `forward` takes, among `token_type_ids`, `position_ids`, `labels`
+            (the scored token ids, -100 elsewhere), `logits_to_keep` and `past_key_values` (a prefix cache); the
+            others are not passed.
+    """
+
+    padding_side: str = "right"
+    accepts: set[str] = set()
 
 
-class SequenceClassifierReward(nn.Module):
+class SequenceClassifierReward(RewardAdapter):
     """
     Adapts an HF `*ForSequenceClassification` with one label to `(inputs_embeds, attention_mask) -> reward (N,)`.
 
@@ -45,35 +63,45 @@ class SequenceClassifierReward(nn.Module):
         self.padding_side = padding_side or ("left" if hasattr(model, "score") else "right")
         accepted = inspect.signature(model.forward).parameters
         self.accepts = {name for name in ("token_type_ids", "position_ids") if name in accepted}
+        self.cache_argument = cache_argument(model)
+        if self.cache_argument is not None:
+            self.accepts.add("past_key_values")
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor):
         extra = {k: v for k, v in extra.items() if k in self.accepts}
+        if "past_key_values" in extra:
+            extra[self.cache_argument] = extra.pop("past_key_values")
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra).logits[:, 0]
 
 
-class CallableReward(nn.Module):
+class CallableReward(RewardAdapter):
     """Wraps any callable `(inputs_embeds, attention_mask) -> reward (N,)` that has `get_input_embeddings()`."""
 
     def __init__(self, reward: Callable, padding_side: str = "right"):
         super().__init__()
         self.reward = reward
         self.padding_side = padding_side
-        self.accepts: set[str] = set()
+        # Optional inputs are passed by keyword when the callable names them (e.g. `position_ids`).
+        try:
+            accepted = inspect.signature(reward.forward if isinstance(reward, nn.Module) else reward).parameters
+        except (TypeError, ValueError):
+            accepted = {}
+        self.accepts = {name for name in ("token_type_ids", "position_ids", "labels") if name in accepted}
 
     def get_input_embeddings(self) -> nn.Module:
         return self.reward.get_input_embeddings()
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor):
-        reward = self.reward(inputs_embeds, attention_mask)
+        reward = self.reward(inputs_embeds, attention_mask, **{k: v for k, v in extra.items() if k in self.accepts})
         return getattr(reward, "logits", reward).reshape(inputs_embeds.shape[0], -1)[:, 0]
 
 
 def as_differentiable_reward(reward_model: Any, padding_side: str | None = None) -> nn.Module:
     """Returns `reward_model` as a module `(inputs_embeds, attention_mask) -> (N,)` with `get_input_embeddings()`."""
-    if isinstance(reward_model, (SequenceClassifierReward, CallableReward)):
+    if isinstance(reward_model, RewardAdapter):
         return reward_model
     if not callable(getattr(reward_model, "get_input_embeddings", None)):
         raise TypeError(
@@ -87,27 +115,17 @@ def as_differentiable_reward(reward_model: Any, padding_side: str | None = None)
     return CallableReward(reward_model, padding_side or "right")
 
 
-def wrap_response(tokenizer, prompt: str) -> tuple[list[int], list[int], list[int], list[int]]:
+def wrap_response(
+    tokenizer, prompt: str, template: RewardTemplate | None = None
+) -> tuple[list[int], list[int], list[int], list[int]]:
     """Token ids (and token types) that come before and after a response to `prompt` in the reward model's input.
 
-    With a chat template: the conversation `[user: prompt, assistant: response]` rendered and split at the
-    response. Without: the tokenizer's text pair `(prompt, response)` (e.g. `[CLS] prompt [SEP] response [SEP]`).
+    With the default template and a chat template: the conversation `[user: prompt, assistant: response]` rendered
+    and split at the response. Without a chat template: the tokenizer's text pair `(prompt, response)` (e.g.
+    `[CLS] prompt [SEP] response [SEP]`). See [`layout_response`] for other templates and the scored tokens.
     """
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": _RESPONSE_SLOT}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        if text.count(_RESPONSE_SLOT) != 1:
-            raise ValueError("The reward tokenizer's chat template must render the assistant message exactly once.")
-        before, after = text.split(_RESPONSE_SLOT)
-        prefix = tokenizer(before, add_special_tokens=False)["input_ids"]
-        suffix = tokenizer(after, add_special_tokens=False)["input_ids"]
-        return prefix, [0] * len(prefix), suffix, [0] * len(suffix)
-    encoding = tokenizer(prompt, "x")
-    sequence_ids = encoding.sequence_ids(0)
-    start, end = sequence_ids.index(1), len(sequence_ids) - sequence_ids[::-1].index(1)
-    ids = encoding["input_ids"]
-    types = encoding.get("token_type_ids") or [0] * len(ids)
-    return ids[:start], types[:start], ids[end:], types[end:]
+    layout = layout_response(tokenizer, template or RewardTemplate(), prompt, prompt)
+    return layout.prefix, layout.prefix_types, layout.suffix, layout.suffix_types
 
 
 def visible_before_eos(tokens: torch.LongTensor, eos_token_id: int | None) -> torch.BoolTensor:
@@ -135,7 +153,7 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.LongTensor, t
 
 class RewardTerm:
     """
-    One reward model inside guidance: its adapter, tokenizer, weight and vocabulary map, and the per-call
+    One reward model inside guidance: its adapter, tokenizer, weight, vocabulary map and template, and the per-call
     prefix/suffix of every sample.
 
     Args:
@@ -145,6 +163,11 @@ class RewardTerm:
         weight (`float`): the term's weight in the summed reward.
         vocab_map ([`VocabularyMap`], *optional*): diffusion ids -> reward ids (identity when omitted).
         padding_side (`str`, *optional*): overrides the adapter's padding side.
+        template ([`RewardTemplate`], list of messages or `str`, *optional*): where the prompt, target and response
+            go; defaults to the reward model's own `reward_template` attribute when it has one, else to
+            `[user: {target}, assistant: {response}]` (a text pair without a chat template).
+        prefix_cache (`bool`, *optional*): compute the keys and values of the conversation prefix once per call (see
+            [`PrefixCache`]); by default on for causal (left-padded) HF models that take a cache.
     """
 
     def __init__(
@@ -154,13 +177,31 @@ class RewardTerm:
         weight: float = 1.0,
         vocab_map: VocabularyMap | None = None,
         padding_side: str | None = None,
+        template: RewardTemplate | Sequence | str | None = None,
+        prefix_cache: bool | None = None,
     ):
         self.adapter = as_differentiable_reward(reward_model, padding_side)
         self.tokenizer = tokenizer
         self.weight = weight
         self.embeddings = self.adapter.get_input_embeddings()
         self.vocab_map = vocab_map or VocabularyMap.identity(self.embeddings.weight.shape[0])
-        self._context: dict[str, torch.Tensor] | None = None
+        own = getattr(reward_model, "reward_template", None) or getattr(self.adapter, "reward_template", None)
+        self.template = RewardTemplate.from_any(template if template is not None else own)
+        if self.template.score is not None and (
+            "labels" not in self.adapter.accepts or self.adapter.padding_side != "left"
+        ):
+            raise ValueError(
+                f"The reward template scores its {{{self.template.score}}} tokens, but the reward model does not read "
+                "left-padded `labels`: wrap a causal LM in `CausalLMReward`, or use a template without `score`."
+            )
+        self.cache_model = cacheable_model(self.adapter)
+        if prefix_cache and self.cache_model is None:
+            raise ValueError(
+                "`prefix_cache=True` needs a causal HF reward model that takes a key/value cache (left padding); "
+                "pass `prefix_cache=None` to use it where possible."
+            )
+        self.prefix_cache = prefix_cache is not False and self.cache_model is not None
+        self._context: dict[str, Any] | None = None
         self._dllm_embeddings: torch.Tensor | None = None
 
     def dllm_embedding_matrix(self) -> torch.Tensor:
@@ -170,53 +211,98 @@ class RewardTerm:
             self._dllm_embeddings = weight.detach()[self.vocab_map.ids.to(weight.device)]
         return self._dllm_embeddings
 
-    def prepare(self, reward_prompts: Sequence[str], device: torch.device | str) -> None:
-        """Builds the prefix and suffix of each of the N samples (`reward_prompts` has one entry per sample)."""
+    def prepare(
+        self, reward_prompts: Sequence[str], device: torch.device | str, prompts: Sequence[str] | None = None
+    ) -> None:
+        """Builds the prefix and suffix of each of the N samples, and the prefix cache when it is on.
+
+        Args:
+            reward_prompts: one target (the `{target}` slot) per sample.
+            device: where the reward model is.
+            prompts (*optional*): one generation prompt (the `{prompt}` slot) per sample; defaults to
+                `reward_prompts`.
+        """
         self._dllm_embeddings = None  # re-read at every call: the reward model's weights may have changed since
-        wrapped = {prompt: wrap_response(self.tokenizer, prompt) for prompt in dict.fromkeys(reward_prompts)}
-        parts = [wrapped[prompt] for prompt in reward_prompts]
+        prompts = list(reward_prompts) if prompts is None else list(prompts)
+        if len(prompts) != len(reward_prompts):
+            raise ValueError(f"Got {len(prompts)} `prompts` for {len(reward_prompts)} `reward_prompts`.")
+        pairs = list(zip(prompts, reward_prompts))
+        unique = list(dict.fromkeys(pairs))
+        layouts = [layout_response(self.tokenizer, self.template, prompt, target) for prompt, target in unique]
+        rows = torch.tensor([unique.index(pair) for pair in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        prefix, prefix_keep = _pad([p[0] for p in parts], pad)
-        prefix_types, _ = _pad([p[1] for p in parts], 0)
-        suffix, suffix_keep = _pad([p[2] for p in parts], pad)
-        suffix_types, _ = _pad([p[3] for p in parts], 0)
+        prefix, prefix_keep = _pad([p.prefix for p in layouts], pad)
+        prefix_types, _ = _pad([p.prefix_types for p in layouts], 0)
+        suffix, suffix_keep = _pad([p.suffix for p in layouts], pad)
+        suffix_types, _ = _pad([p.suffix_types for p in layouts], 0)
+        scored, _ = _pad([p.scored for p in layouts], False)
         # The response takes the token type of the suffix's first token (the second segment of a text pair).
-        response_type = torch.tensor([p[3][0] if p[3] else (p[1][-1] if p[1] else 0) for p in parts])
+        response_type = torch.tensor(
+            [p.suffix_types[0] if p.suffix else (p.prefix_types[-1:] or [0])[0] for p in layouts]
+        )
         with torch.no_grad():
-            self._context = {
+            context = {
                 "prefix": self.embeddings(prefix.to(device)).detach(),
                 "suffix": self.embeddings(suffix.to(device)).detach(),
                 "prefix_keep": prefix_keep.to(device),
                 "suffix_keep": suffix_keep.to(device),
                 "prefix_types": prefix_types.to(device),
                 "suffix_types": suffix_types.to(device),
+                "suffix_labels": torch.where(scored.bool(), suffix, -100).to(device),
                 "response_type": response_type.to(device),
             }
+        # Tensors per distinct (prompt, target), expanded to one row per sample.
+        rows = rows.to(device)
+        self._context = {name: value.index_select(0, rows) for name, value in context.items()}
+        self._context["leads"] = [layouts[i].lead for i in rows.tolist()]
+        # Scored tokens end every suffix (left padding puts them last): the logits of these last positions suffice.
+        self._context["score_width"] = max((sum(p.scored) for p in layouts), default=0)
+        self._context["cache"] = None
+        if self.prefix_cache and prefix.shape[1] > 0:
+            order = pack(context["prefix_keep"], "left")
+            embeds = context["prefix"].gather(1, order[..., None].expand(-1, -1, context["prefix"].shape[-1]))
+            mask = context["prefix_keep"].gather(1, order).long()
+            self._context["cache"] = PrefixCache(self.cache_model, embeds, mask, rows)
 
     def reward(self, response_embeds: torch.Tensor, visible: torch.BoolTensor) -> torch.Tensor:
         """Reward `(N,)` of responses given as embeddings `(N, L, D)`; positions where `visible` is False are unseen."""
         if self._context is None:
             raise RuntimeError("Call `prepare(reward_prompts, device)` before computing rewards.")
-        c = self._context
-        embeds = torch.cat(
-            [c["prefix"].to(response_embeds.dtype), response_embeds, c["suffix"].to(response_embeds.dtype)], dim=1
-        )
-        keep = torch.cat([c["prefix_keep"], visible, c["suffix_keep"]], dim=1)
-        types = torch.cat([c["prefix_types"], c["response_type"][:, None].expand_as(visible), c["suffix_types"]], 1)
+        c, dtype = self._context, response_embeds.dtype
+        cache: PrefixCache | None = c["cache"]
+        response_types = c["response_type"][:, None].expand_as(visible)
+        parts = [
+            (response_embeds, visible, response_types),
+            (c["suffix"].to(dtype), c["suffix_keep"], c["suffix_types"]),
+        ]
+        if cache is None:  # the prefix goes through the model with the rest
+            parts.insert(0, (c["prefix"].to(dtype), c["prefix_keep"], c["prefix_types"]))
+        embeds, keep, types = (torch.cat(tensors, dim=1) for tensors in zip(*parts))
         order = pack(keep, self.adapter.padding_side)
         embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
         attention_mask = keep.gather(1, order).long()
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return self.adapter(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            token_type_ids=types.gather(1, order),
-            position_ids=position_ids,
-        ).float()
+        if cache is not None:  # the mask covers the cached prefix too; positions continue after it
+            attention_mask = torch.cat([cache.attention_mask, attention_mask], dim=1)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, attention_mask.shape[1] - embeds.shape[1] :]
+        extra = {"token_type_ids": types.gather(1, order), "position_ids": position_ids}
+        if self.template.score is not None:
+            labels = F.pad(c["suffix_labels"], (keep.shape[1] - c["suffix_labels"].shape[1], 0), value=-100)
+            extra["labels"] = labels.gather(1, order)
+            extra["logits_to_keep"] = c["score_width"] + 1
+        if cache is not None:
+            extra["past_key_values"] = cache.fresh()
+        extra = {name: value for name, value in extra.items() if name in self.adapter.accepts}
+        return self.adapter(inputs_embeds=embeds, attention_mask=attention_mask, **extra).float()
 
     def reward_of_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Reward `(N,)` of response texts, tokenised by the reward tokenizer (the discrete reward)."""
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        """Reward `(N,)` of response texts, tokenised by the reward tokenizer (the discrete reward).
+
+        A non-empty text is tokenised with the spaces that precede the response in the template (`"Text: "` ->
+        `" " + text`), so that its tokens are those of the whole rendered input.
+        """
+        leads = self._context["leads"] if self._context is not None else [""] * len(texts)
+        texts = [lead + text if text else text for lead, text in zip(leads, texts, strict=True)]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, visible = _pad(ids, pad)
         device = self.embeddings.weight.device

@@ -145,14 +145,16 @@ def check_folder(folder: Path) -> list[str]:
     """[`verify_folder`] with the hashes checked as `ENTRGI_CACHE_VERIFY` says (see the module docstring)."""
     mode = _verify_mode()
     key = str(folder.resolve())
-    problems = verify_folder(folder, hashes=False)
-    if problems or mode == "size":
-        return problems
-    names = list(_read_manifest(folder)[0]["files"])
-    signature = _signature(folder, names)
-    if mode == "first" and _verified.get(key) == signature:
-        return []
-    problems = verify_folder(folder, hashes=True)
+    try:
+        problems = verify_folder(folder, hashes=False)
+        if problems or mode == "size":
+            return problems
+        signature = _signature(folder, list(_read_manifest(folder)[0]["files"]))
+        if mode == "first" and _verified.get(key) == signature:
+            return []
+        problems = verify_folder(folder, hashes=True)
+    except OSError as error:  # a file removed while it was checked: damage for now, checked again under the lock
+        problems = [f"a file could not be read ({error})"]
     if problems:
         _verified.pop(key, None)
     else:

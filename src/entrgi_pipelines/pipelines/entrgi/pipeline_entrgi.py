@@ -315,6 +315,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         messages: list | None = None,
         input_ids: torch.LongTensor | None = None,
         reward_prompt: str | list[str] | None = None,
+        reward_template: Any = None,
         mask_token_id: int | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
@@ -346,6 +347,10 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             input_ids (`torch.LongTensor`, *optional*): prompt token ids `(B, P)` (no padding).
             reward_prompt (`str` or `list[str]`, *optional*): the text in the reward model's prompt slot, one per
                 prompt (e.g. a target description); defaults to the prompts.
+            reward_template ([`RewardTemplate`], *optional*): where the prompt (`{prompt}`), the reward prompt
+                (`{target}`) and the response (`{response}`) go in the reward model's input, e.g. a judge that reads
+                the response inside the user turn; defaults to the reward model's own `reward_template`, else
+                `[user: {target}, assistant: {response}]`. See [`RewardGuidance`].
             mask_token_id (`int`, *optional*): overrides the mask id.
             callback_on_step_end (*optional*): a function `(pipe, step, timestep, callback_kwargs) -> dict`, a
                 `PipelineCallback` (such as [`RewardGuidance`]) or `MultiPipelineCallbacks`, called after the model's
@@ -425,6 +430,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 guidance=guidance or "entrgi",
                 guidance_steps=guidance_steps,
                 guidance_lr=float(guidance_lr),
+                reward_template=reward_template,
             )
             callback_on_step_end = _guidance_first(scorer, callback_on_step_end, callback_on_step_end_tensor_inputs)
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -434,8 +440,15 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 "`reward_prompt` and `reward_tokenizer` only apply with a reward: pass `reward_model=` (or a "
                 "`RewardGuidance` callback), or drop them."
             )
+        if reward_template is not None and reward_model is None:
+            raise ValueError(
+                "`reward_template` applies with `reward_model=`; a `RewardGuidance` callback takes its own "
+                "`reward_template=`."
+            )
         for callback in guidances:
-            callback.prepare(self, [p for p in reward_prompts for _ in range(K)])
+            callback.prepare(
+                self, [p for p in reward_prompts for _ in range(K)], prompts=[p for p in prompt_texts for _ in range(K)]
+            )
         scorer = scorer or (guidances[0] if guidances else None)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
