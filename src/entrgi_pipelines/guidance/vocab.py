@@ -70,7 +70,8 @@ class VocabularyMap:
         """
         source_vocab, target_vocab = source.get_vocab(), target.get_vocab()
         size = max(source_size or 0, len(source), max(source_vocab.values()) + 1)
-        if source_vocab == target_vocab:
+        target_size = max(len(target), max(target_vocab.values()) + 1)
+        if source_vocab == target_vocab and size <= target_size:
             return cls.identity(size)
         if isinstance(unmapped, str) and unmapped not in UNMAPPED_POLICIES:
             raise ValueError(f"`unmapped` must be one of {UNMAPPED_POLICIES} or a token id, got {unmapped!r}.")
@@ -85,6 +86,15 @@ class VocabularyMap:
                     f"`unmapped={unmapped!r}` but the reward tokenizer has no {unmapped} token: pass a token id, "
                     "or another policy."
                 )
+        if source_vocab == target_vocab:
+            # The same tokenizer over a padded embedding matrix: the ids past the tokenizer have no counterpart.
+            known = torch.arange(size) < target_size
+            if unmapped == "error":
+                raise ValueError(
+                    f"{size - target_size} ids of the diffusion model ({size}) are past its tokenizer ({target_size}) "
+                    "and have no counterpart; choose an `unmapped` policy (e.g. 'unk') to send them somewhere."
+                )
+            return cls(ids=torch.where(known, torch.arange(size), fallback), mapped=known)
         source_style, target_style = _style(source_vocab), _style(target_vocab)
         by_text = {_canonical(tok, target_style): i for tok, i in target_vocab.items()}
         ids = torch.full((size,), fallback, dtype=torch.long)
@@ -93,10 +103,14 @@ class VocabularyMap:
             j = by_text.get(_canonical(tok, source_style))
             if j is not None:
                 ids[i], mapped[i] = j, True
+        # One token may hold several roles (GPT-2's <|endoftext|> is eos, bos, unk and pad): the first role wins,
+        # so that the end of a response stays an end of sequence for the reward model.
+        by_role: set[int] = set()
         for role in ("eos", "pad", "bos", "unk", "cls", "sep"):
             i, j = getattr(source, f"{role}_token_id", None), getattr(target, f"{role}_token_id", None)
-            if i is not None and j is not None:
+            if i is not None and j is not None and i not in by_role:
                 ids[i], mapped[i] = j, True
+                by_role.add(i)
         result = cls(ids=ids, mapped=mapped)
         if unmapped == "error" and result.coverage < 1:
             raise ValueError(

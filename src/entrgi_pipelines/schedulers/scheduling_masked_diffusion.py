@@ -124,7 +124,8 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
     Args:
         eps (`float`, defaults to 1e-3): the final time.
         confidence (`str`, defaults to `"entropy"`): the rule above that orders the commits.
-        eos_last (`bool`, defaults to `True`): commit end-of-sequence candidates after all others.
+        eos_last (`bool`, defaults to `True`): commit end-of-sequence candidates after all others (ranked rules;
+            `origin` commits every position independently and ignores it).
 
     Examples:
         ```py
