@@ -12,7 +12,15 @@ from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from entrgi_pipelines.animation import MASK, NEW_TOKEN, AnimationPanel, render_frames, save_gif, token_pieces
+from entrgi_pipelines.animation import (
+    BACKGROUND,
+    MASK,
+    NEW_TOKEN,
+    AnimationPanel,
+    render_frames,
+    save_gif,
+    token_pieces,
+)
 from entrgi_pipelines.testing import tiny_wordpiece_tokenizer
 
 TEXT = "the cat sat on the mat, and the dog ran to the old city"
@@ -84,6 +92,12 @@ def test_gif_holds_the_last_frame(tmp_path):
             gif.seek(k)
             durations.append(gif.info["duration"])
     assert durations[-1] == 2500 and durations[1:-1] == [100] * (len(frames) - 2)
+    with Image.open(path) as gif:  # the palette keeps the drawing colours exact
+        first = gif.convert("RGB")
+        assert (
+            first.getpixel((0, 0)) == BACKGROUND
+            and abs(color_count(first, MASK) / color_count(frames[0], MASK) - 1) < 0.01
+        )
 
 
 def test_bad_arguments_are_refused(tmp_path):

@@ -204,6 +204,26 @@ def render_frames(
     return [draw_frame(step, highlight=True) for step in range(steps + 1)] + [draw_frame(steps, highlight=False)]
 
 
+def _palette() -> Image.Image:
+    """The drawing colours exactly, plus the anti-aliasing blends of each foreground on each background.
+
+    Pillow maps pixels to a given palette through a cache of coarse colour cells, so a blend closer than a cell to
+    a drawing colour could stand in for it: such blends are left out.
+    """
+    foregrounds = (TEXT, PROMPT_TEXT, FAINT, HEADER, MASK, PROGRESS, RULE)
+    base = [BACKGROUND, NEW_TOKEN, *foregrounds]
+    colors = list(base)
+    for background in (BACKGROUND, NEW_TOKEN):
+        for foreground in foregrounds:
+            for level in range(1, 8):
+                blend = tuple(round(b + (f - b) * level / 8) for f, b in zip(foreground, background))
+                if all(max(abs(x - y) for x, y in zip(blend, color)) > 8 for color in base) and blend not in colors:
+                    colors.append(blend)
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([channel for color in colors for channel in color] + [0, 0, 0] * (256 - len(colors)))
+    return palette
+
+
 def save_gif(frames: list[Image.Image], path: str | Path, *, frame_ms: int | None = None, hold_ms: int = 3000) -> Path:
     """Writes `frames` (from [`render_frames`]) as a looping GIF; the last frame is held for `hold_ms`.
 
@@ -216,11 +236,7 @@ def save_gif(frames: list[Image.Image], path: str | Path, *, frame_ms: int | Non
         frame_ms = min(300, max(60, 5000 // len(frames)))
     if frame_ms <= 0 or hold_ms <= 0:
         raise ValueError(f"`frame_ms` and `hold_ms` must be > 0, got {frame_ms} and {hold_ms}.")
-    # One palette from the first (masks), a middle (highlights) and the last frame (text).
-    sample = Image.new("RGB", (frames[0].width, 3 * frames[0].height))
-    for i, frame in enumerate((frames[0], frames[len(frames) // 2], frames[-1])):
-        sample.paste(frame, (0, i * frame.height))
-    palette = sample.quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+    palette = _palette()
     indexed = [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
     durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
     durations[0] = max(durations[0], 600)  # let the reader see the prompt before tokens appear
