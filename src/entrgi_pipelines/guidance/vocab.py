@@ -1,4 +1,15 @@
-"""Mapping a diffusion model's vocabulary onto a reward model's."""
+"""Mapping a diffusion model's vocabulary onto a reward model's.
+
+Tokens are matched by their *surface*: the text a token adds to running text and whether a space comes before it.
+For byte-level BPE (`Ġword`) and SentencePiece (`▁word`) the marker says it. For WordPiece the marker (`##`) does not
+tell the whole story (BERT's decoder also glues `,` `.` `!` `?` to the previous word), so whether a word-start
+WordPiece token gets a space is read from the tokenizer's own decoder, the way the pipeline decodes responses:
+`decode([word, token])`.
+
+A token without a counterpart of the same surface may get an approximate one (`approximate=True`, the default): the
+same text in another casing (an uncased `israel` -> `ĠIsrael`), then the same text with the other spacing. `mapped`
+marks every token with a counterpart, `exact` those whose counterpart has the same surface.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +29,40 @@ def _canonical(token: str, style: str) -> tuple[str, bool]:
         return (token[2:], False) if token.startswith("##") else (token, True)
     marker = "▁" if style == "sentencepiece" else "Ġ"
     return (token[1:], True) if token.startswith(marker) else (token, False)
+
+
+def token_surfaces(tokenizer, vocab: dict[str, int] | None = None) -> dict[int, tuple[str, bool]]:
+    """`{id: (text, space before)}`: what each token adds to running text (special tokens are left out).
+
+    From the word-start marker (`Ġ`, `▁`, `##`); for WordPiece, a word-start token that the tokenizer's decoder glues
+    to the previous word (`decode([word, token], skip_special_tokens=True)` has no space: `,` `.` `!` `?` in BERT's
+    decoder) has no space before it.
+    """
+    vocab = tokenizer.get_vocab() if vocab is None else vocab
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    style = _style(vocab)
+    surfaces = {i: _canonical(tok, style) for tok, i in vocab.items() if i not in special}
+    if style != "wordpiece":
+        return surfaces
+    anchor = next((tok for tok in ("the", "a", "and") if tok in vocab), None) or next(
+        tok for tok in sorted(vocab, key=vocab.get) if tok.isalpha() and vocab[tok] not in special
+    )
+    anchor_text = tokenizer.decode([vocab[anchor]], skip_special_tokens=True)
+    words = sorted(i for i, (_, space) in surfaces.items() if space)
+    decoded = tokenizer.batch_decode([[vocab[anchor], i] for i in words], skip_special_tokens=True)
+    for i, text in zip(words, decoded):
+        if text.startswith(anchor_text) and text[len(anchor_text) :][:1] not in ("", " "):
+            surfaces[i] = (surfaces[i][0], False)
+    return surfaces
+
+
+def _variants(text: str, space: bool):
+    """The approximate counterparts to try, best first: other casings, then the other spacing."""
+    casings = list(dict.fromkeys((text.lower(), text.capitalize(), text.upper(), text.title())))
+    for spacing in (space, not space):
+        for casing in casings:
+            if (casing, spacing) != (text, space):
+                yield casing, spacing
 
 
 def _style(vocab: dict[str, int]) -> str:
@@ -43,21 +88,38 @@ class VocabularyMap:
 
     ids: torch.LongTensor
     mapped: torch.BoolTensor
+    exact: torch.BoolTensor | None = None
+
+    def __post_init__(self):
+        if self.exact is None:
+            self.exact = self.mapped.clone()
 
     @property
     def coverage(self) -> float:
         """The fraction of source tokens that have a counterpart in the target vocabulary."""
         return float(self.mapped.float().mean())
 
+    @property
+    def exact_coverage(self) -> float:
+        """The fraction of source tokens whose counterpart has the same surface (text and spacing)."""
+        return float(self.exact.float().mean())
+
     @classmethod
     def identity(cls, size: int) -> VocabularyMap:
         return cls(ids=torch.arange(size), mapped=torch.ones(size, dtype=torch.bool))
 
     @classmethod
-    def from_tokenizers(cls, source, target, unmapped: str | int = "unk", source_size: int | None = None):
+    def from_tokenizers(
+        cls,
+        source,
+        target,
+        unmapped: str | int = "unk",
+        source_size: int | None = None,
+        approximate: bool = True,
+    ):
         """
-        Matches tokens by their text (word-start markers of WordPiece, SentencePiece and byte-level BPE made
-        comparable); special tokens are matched by role (eos, pad, bos, unk, cls, sep).
+        Matches tokens by their surface: text, and whether a space comes before it (see the module docstring);
+        special tokens by their string, else by role (eos, pad, bos, unk, cls, sep).
 
         Args:
             source: the diffusion model's tokenizer.
@@ -67,6 +129,8 @@ class VocabularyMap:
                 refuse a map whose coverage is below 1.
             source_size (`int`, *optional*): the diffusion model's vocabulary size when it exceeds the tokenizer's
                 (padded embedding matrices); the extra ids are unmapped.
+            approximate (`bool`, defaults to `True`): give a token without an exact counterpart the same text in
+                another casing, else with the other spacing (`mapped` but not `exact`).
         """
         source_vocab, target_vocab = source.get_vocab(), target.get_vocab()
         size = max(source_size or 0, len(source), max(source_vocab.values()) + 1)
@@ -95,27 +159,41 @@ class VocabularyMap:
                     "and have no counterpart; choose an `unmapped` policy (e.g. 'unk') to send them somewhere."
                 )
             return cls(ids=torch.where(known, torch.arange(size), fallback), mapped=known)
-        source_style, target_style = _style(source_vocab), _style(target_vocab)
-        by_text = {_canonical(tok, target_style): i for tok, i in target_vocab.items()}
+        by_surface: dict[tuple[str, bool], int] = {}
+        for j, surface in sorted(token_surfaces(target, target_vocab).items()):
+            by_surface.setdefault(surface, j)  # the lowest id wins a tie
         ids = torch.full((size,), fallback, dtype=torch.long)
         mapped = torch.zeros(size, dtype=torch.bool)
-        for tok, i in source_vocab.items():
-            j = by_text.get(_canonical(tok, source_style))
+        exact = torch.zeros(size, dtype=torch.bool)
+        for i, surface in token_surfaces(source, source_vocab).items():
+            j = by_surface.get(surface)
             if j is not None:
-                ids[i], mapped[i] = j, True
+                ids[i], mapped[i], exact[i] = j, True, True
+            elif approximate:
+                j = next((by_surface[v] for v in _variants(*surface) if v in by_surface), None)
+                if j is not None:
+                    ids[i], mapped[i] = j, True
+        for tok in getattr(source, "all_special_tokens", []) or []:  # special tokens: the same string, else by role
+            if tok in source_vocab and tok in target_vocab:
+                i = source_vocab[tok]
+                ids[i], mapped[i], exact[i] = target_vocab[tok], True, True
         # One token may hold several roles (GPT-2's <|endoftext|> is eos, bos, unk and pad): the first role wins,
         # so that the end of a response stays an end of sequence for the reward model.
         by_role: set[int] = set()
         for role in ("eos", "pad", "bos", "unk", "cls", "sep"):
             i, j = getattr(source, f"{role}_token_id", None), getattr(target, f"{role}_token_id", None)
             if i is not None and j is not None and i not in by_role:
-                ids[i], mapped[i] = j, True
+                ids[i], mapped[i], exact[i] = j, True, True
                 by_role.add(i)
-        result = cls(ids=ids, mapped=mapped)
+        result = cls(ids=ids, mapped=mapped, exact=exact)
         if unmapped == "error" and result.coverage < 1:
             raise ValueError(
                 f"Only {result.coverage:.1%} of the diffusion vocabulary maps onto the reward vocabulary; choose an "
                 "`unmapped` policy (e.g. 'unk') to send the rest somewhere."
             )
-        logger.info("Vocabulary map covers %.2f%% of the diffusion model's tokens.", 100 * result.coverage)
+        logger.info(
+            "Vocabulary map covers %.2f%% of the diffusion model's tokens (%.2f%% with the same surface).",
+            100 * result.coverage,
+            100 * result.exact_coverage,
+        )
         return result
