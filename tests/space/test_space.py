@@ -180,6 +180,7 @@ def test_browser_types_a_prompt_and_sees_both_outputs(space_url, tmp_path):
             sync_api.expect(page.locator("#animation img")).to_have_attribute("src", re.compile(r"\.gif"))
             sync_api.expect(page.locator("#samples")).to_contain_text("Best-of-N (unguided)")
             sync_api.expect(page.locator("#samples")).to_contain_text("EntRGi")
+            page.wait_for_timeout(2500)  # for the picture: the animation's held last frame
             page.screenshot(path=str(tmp_path / "space.png"), full_page=True)
             if os.environ.get("ENTRGI_UPDATE_DOCS") == "1":
                 shutil.copy(tmp_path / "space.png", ROOT / "docs" / "space.png")
