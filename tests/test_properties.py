@@ -5,7 +5,8 @@
   random number), the most confident first, never changes a committed token, commits end-of-sequence candidates
   last (`eos_last=True`), and nothing is masked after the last step.
 - `VocabularyMap.from_tokenizers`: for any pair of the test tokenizers (tiny WordPiece, a byte-level BPE and a
-  SentencePiece-style Unigram trained here), every id lands in the reward vocabulary.
+  SentencePiece-style Unigram trained here), every id lands in the reward vocabulary, and an exact match decodes to
+  the same text in running text.
 - `entrgi_embeddings`: the value is `(1 - w) soft + w hard` and the gradient flows to `soft` alone, for any `w` in
   [0, 1].
 """
@@ -182,6 +183,12 @@ def vocab_size(tokenizer) -> int:
     return max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
 
 
+def in_running_text(tokenizer, token_id: int) -> str:
+    """How a token reads after the word "the" (decoded by the tokenizer itself), without the leading space."""
+    the = next(i for tok, i in tokenizer.get_vocab().items() if tok in ("the", "Ġthe", "▁the"))
+    return tokenizer.decode([the, token_id]).strip()
+
+
 TOKENIZER_NAMES = ["wordpiece", "wordpiece_chat", "bytelevel_bpe", "unigram"]
 
 
@@ -190,15 +197,18 @@ TOKENIZER_NAMES = ["wordpiece", "wordpiece_chat", "bytelevel_bpe", "unigram"]
     pair=st.tuples(st.sampled_from(TOKENIZER_NAMES), st.sampled_from(TOKENIZER_NAMES)),
     padding=st.sampled_from([0, 0, 3, 16]),
     unmapped=st.sampled_from(["unk", "eos", "pad", "id"]),
+    approximate=st.booleans(),
     data=st.data(),
 )
-def test_vocabulary_map_lands_in_the_reward_vocabulary(tokenizers, pair, padding, unmapped, data):
+def test_vocabulary_map_lands_in_the_reward_vocabulary(tokenizers, pair, padding, unmapped, approximate, data):
     source, target = tokenizers[pair[0]], tokenizers[pair[1]]
     target_size = vocab_size(target)
     if unmapped == "id":
         unmapped = data.draw(st.integers(0, target_size - 1), label="unmapped id")
     size = vocab_size(source) + padding
-    vocab_map = VocabularyMap.from_tokenizers(source, target, unmapped=unmapped, source_size=size)
+    vocab_map = VocabularyMap.from_tokenizers(
+        source, target, unmapped=unmapped, source_size=size, approximate=approximate
+    )
 
     assert vocab_map.ids.shape == vocab_map.mapped.shape == (size,)
     assert vocab_map.ids.dtype == torch.long
@@ -211,6 +221,12 @@ def test_vocabulary_map_lands_in_the_reward_vocabulary(tokenizers, pair, padding
         assert int(vocab_map.ids[source.eos_token_id]) in (target.eos_token_id, target.sep_token_id)
     if source.get_vocab() == target.get_vocab():
         assert torch.equal(vocab_map.ids[: vocab_size(source)], torch.arange(vocab_size(source)))
+
+    # An exact counterpart reads the same in running text (decoded by each tokenizer itself).
+    special = set(source.all_special_ids)
+    exact = [i for i in vocab_map.exact.nonzero().flatten().tolist() if i not in special and i < len(source)]
+    for i in data.draw(st.lists(st.sampled_from(exact), min_size=1, max_size=20), label="exact") if exact else []:
+        assert in_running_text(source, i) == in_running_text(target, int(vocab_map.ids[i])), source.decode([i])
 
 
 @PROPERTY_SETTINGS
