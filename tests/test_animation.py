@@ -127,8 +127,13 @@ def test_cli_animate_writes_a_gif(tmp_path):
 
 
 def test_cli_animate_refuses_bad_values_in_one_line(tmp_path):
-    result = run_cli("animate", "x", "--target", "food", "--output", "a.png", cwd=tmp_path)
-    assert result.returncode == 2 and "--output must name a .gif" in result.stderr
-    result = run_cli("animate", "  ", "--target", "food", "--output", "a.gif", "-T", "2", "-L", "2", cwd=tmp_path)
-    assert result.returncode == 2 and "`prompt` must be a non-empty" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "a.gif").exists()
+    cases = [
+        (["x", "--target", "food", "--output", "a.png"], "--output must name a .gif"),
+        (["x", "--target", "food", "--output", "missing/a.gif"], "its folder does not exist"),
+        (["x", "--target", "food", "--output", "a.gif", "--seed", "-1"], "`seed` must be an integer >= 0"),
+    ]
+    for args, message in cases:
+        result = run_cli("animate", *args, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*.gif"))
