@@ -51,25 +51,52 @@ def optimize_logits(
     top_p: float | None = None,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+    row_groups: torch.LongTensor | None = None,
+    return_fallback: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.BoolTensor]:
     """Ascends `reward_fn` with respect to the logits of the masked positions.
 
     `phi` starts as a float32 copy of `logits` (`(P, V)`, one row per masked position). A fresh Adam optimiser runs
     `num_steps` steps; each step samples hard tokens from `softmax(top_p(phi / temperature))` and calls
     `reward_fn(probs, hard_tokens, weight)` to get one reward per sequence, whose sum is maximised. Only `phi` is
     optimised. Returns the optimised logits, detached, in the dtype of `logits`.
+
+    A row whose reward or gradient is not finite (NaN or inf) at any Adam step falls back to its `logits` unchanged:
+    its gradients are dropped from then on, so it never reaches the sampler or the other rows as NaN. `row_groups`
+    (`(P,)`, the index of each row's sequence in the reward) makes all rows of a sequence fall back together (without
+    it, a non-finite reward anywhere makes every row fall back). With `return_fallback=True`, returns
+    `(logits, fallback)` where `fallback` (`(P,)` bool) marks the rows that fell back; no host sync is made.
     """
     weight = method_weight(method, logits)
     phi = logits.detach().float().clone().requires_grad_(True)
     # The fused kernel is the same update, an order of magnitude faster on a (P, V) tensor.
     optimizer = torch.optim.Adam([phi], lr=lr, fused=phi.device.type in ("cpu", "cuda"))
+    fallback = torch.zeros(phi.shape[:-1], dtype=torch.bool, device=phi.device)
     with torch.enable_grad():
         for _ in range(num_steps):
             scaled = phi / temperature
             probs = scaled.softmax(-1)
             hard = sample_tokens(scaled.detach(), top_k=top_k, top_p=top_p, generator=generator)
-            loss = -reward_fn(probs, hard, weight).sum()
+            reward = reward_fn(probs, hard, weight)
+            finite = reward.isfinite()
+            loss = -torch.where(finite, reward, 0.0).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=[phi])
+            if phi.grad is not None:
+                # Device-side bookkeeping, no host sync: a bad row stops moving before Adam sees its gradient.
+                fallback = fallback | _bad_rows(~finite, ~phi.grad.sum(-1).isfinite(), row_groups)
+                phi.grad.masked_fill_(fallback[:, None], 0.0)
             optimizer.step()
-    return phi.detach().to(logits.dtype)
+    if num_steps > 0:
+        # An overflowing last step (e.g. a huge `lr`) shows in phi itself; -inf entries (blocked tokens) are fine.
+        fallback = fallback | _bad_rows(torch.zeros_like(finite), ~phi.detach().amax(-1).isfinite(), row_groups)
+    guided = torch.where(fallback[:, None], logits.detach(), phi.detach().to(logits.dtype))
+    return (guided, fallback) if return_fallback else guided
+
+
+def _bad_rows(bad_reward: torch.BoolTensor, bad_grad: torch.BoolTensor, row_groups: torch.LongTensor | None):
+    """Rows to leave unguided: all rows of a sequence whose reward or any row's gradient is not finite."""
+    if row_groups is None or bad_reward.dim() != 1:
+        return bad_grad | bad_reward.any()
+    bad_sequence = bad_reward.int().index_add(0, row_groups, bad_grad.int()) > 0
+    return bad_sequence[row_groups]

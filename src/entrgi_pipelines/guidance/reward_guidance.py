@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from diffusers.callbacks import PipelineCallback
 
+from ..validation import check_integer, check_number
 from .entrgi import GUIDANCE_METHODS, entrgi_embeddings, optimize_logits
-from .rewards import RewardTerm, visible_before_eos
+from .rewards import RewardTerm, as_differentiable_reward, visible_before_eos
 from .templates import RewardTemplate
-from .vocab import VocabularyMap
+from .vocab import UNMAPPED_POLICIES, VocabularyMap
+
+logger = logging.getLogger(__name__)
 
 
 class RewardGuidance(PipelineCallback):
@@ -99,20 +103,35 @@ class RewardGuidance(PipelineCallback):
         reward_template: Any = None,
         prefix_cache: bool | None = None,
     ):
+        if cutoff_step_index is not None and cutoff_step_ratio == 1.0:
+            cutoff_step_ratio = None  # an index alone is enough: the ratio's default must not clash with it
+        if cutoff_step_ratio is not None and cutoff_step_index is not None:
+            raise ValueError("Pass one of `cutoff_step_ratio` and `cutoff_step_index`, not both.")
+        check_number("cutoff_step_ratio", cutoff_step_ratio, low=0.0, high=1.0, none_ok=True)
+        check_integer("cutoff_step_index", cutoff_step_index, minimum=0, none_ok=True)
+        cutoff_step_ratio = None if cutoff_step_ratio is None else float(cutoff_step_ratio)
         super().__init__(cutoff_step_ratio=cutoff_step_ratio, cutoff_step_index=cutoff_step_index)
         if guidance not in GUIDANCE_METHODS:
             raise ValueError(f"`guidance` must be one of {GUIDANCE_METHODS}, got {guidance!r}.")
-        if not isinstance(guidance_steps, int) or guidance_steps < 0:
-            raise ValueError(f"`guidance_steps` must be an integer >= 0, got {guidance_steps!r}.")
-        if not guidance_lr > 0:
-            raise ValueError(f"`guidance_lr` must be > 0, got {guidance_lr!r}.")
+        check_integer("guidance_steps", guidance_steps, minimum=0)
+        check_number("guidance_lr", guidance_lr, low=0.0, low_open=True)
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"`padding_side` must be 'left', 'right' or None (detected), got {padding_side!r}.")
+        if not (unmapped_tokens in UNMAPPED_POLICIES or isinstance(unmapped_tokens, int) and unmapped_tokens >= 0):
+            raise ValueError(
+                f"`unmapped_tokens` must be one of {UNMAPPED_POLICIES} or a token id, got {unmapped_tokens!r}."
+            )
         models = list(reward_model) if isinstance(reward_model, (list, tuple)) else [reward_model]
         if not models or any(m is None for m in models):
             raise ValueError("`reward_model` is required for reward guidance (a model or a list of models).")
+        for model in models:
+            as_differentiable_reward(model, padding_side)  # refuses a model guidance cannot feed, before any work
         tokenizers = (
             reward_tokenizer if isinstance(reward_tokenizer, (list, tuple)) else [reward_tokenizer] * len(models)
         )
         weights = list(reward_weights) if reward_weights is not None else [1.0] * len(models)
+        for weight in weights:
+            check_number("reward_weights", weight)
         if len(tokenizers) != len(models) or len(weights) != len(models):
             raise ValueError(
                 f"Got {len(models)} reward models, {len(tokenizers)} reward tokenizers and {len(weights)} "
@@ -144,6 +163,7 @@ class RewardGuidance(PipelineCallback):
         self.terms: list[RewardTerm] = []
         self.trace: list[dict[str, torch.Tensor]] = []
         self._call: dict[str, Any] = {}
+        self._fallbacks: list[torch.Tensor] = []  # per guided step: how many samples fell back (on device)
 
     @property
     def vocab_coverage(self) -> list[float]:
@@ -155,7 +175,7 @@ class RewardGuidance(PipelineCallback):
         generation prompt (`{prompt}`, defaults to the reward prompt) per sample, sampling settings."""
         if not self.terms or self._call.get("tokenizer") is not pipeline.tokenizer:
             vocab_size = pipeline.vocab_size
-            self.terms = []
+            self._call, self.terms = {}, []  # a failure below leaves nothing half-built: the next call rebuilds all
             for model, tokenizer, weight, template in zip(
                 self.reward_models, self.reward_tokenizers, self.reward_weights, self.reward_templates
             ):
@@ -176,6 +196,7 @@ class RewardGuidance(PipelineCallback):
             term.prepare(reward_prompts, term.embeddings.weight.device, prompts)
         self._call = {"tokenizer": pipeline.tokenizer, **pipeline.sampling_state}
         self.trace = []
+        self._fallbacks = []
 
     def response_embeddings(
         self,
@@ -216,8 +237,9 @@ class RewardGuidance(PipelineCallback):
         masked = tokens == self._call["mask_token_id"]
         if not masked.any():
             return callback_kwargs
-        phi = optimize_logits(
-            logits[masked],
+        rows, columns = masked.nonzero(as_tuple=True)  # `rows` groups the positions of each sample
+        phi, fallback = optimize_logits(
+            logits[rows, columns],
             lambda probs, hard, weight: self.guided_reward(tokens, masked, probs, hard, weight),
             method=self.config.guidance,
             num_steps=self.config.guidance_steps,
@@ -226,9 +248,32 @@ class RewardGuidance(PipelineCallback):
             top_p=self._call["top_p"],
             top_k=self._call["top_k"],
             generator=self._call["generator"],
+            row_groups=rows,
+            return_fallback=True,
         )
+        per_sample = torch.zeros_like(masked[:, 0], dtype=torch.int).index_add_(0, rows, fallback.int())
+        self._fallbacks.append((per_sample > 0).sum())
         callback_kwargs["logits"] = logits.masked_scatter(masked[..., None], phi)
         return callback_kwargs
+
+    def finish(self) -> tuple[int, int]:
+        """Ends a pipeline call: `(steps, samples)` at which guidance fell back to the model's logits, warned once.
+
+        A sample falls back at a denoising step when its reward or the gradient of its logits was not finite (NaN or
+        inf) at one of the Adam steps: it is left unguided at that step. One host sync.
+        """
+        counts = torch.stack(self._fallbacks).cpu() if self._fallbacks else torch.zeros(0, dtype=torch.long)
+        self._fallbacks = []
+        steps, samples = int((counts > 0).sum()), int(counts.sum())
+        if steps:
+            logger.warning(
+                "Reward guidance fell back to the model's logits at %d of %d guided steps (%d sample rows in all): "
+                "the reward or its gradient was not finite (NaN or inf) there, so those rows were left unguided.",
+                steps,
+                len(counts),
+                samples,
+            )
+        return steps, samples
 
     @torch.no_grad()
     def score_texts(self, texts: Sequence[str]) -> torch.Tensor:

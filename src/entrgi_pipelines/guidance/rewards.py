@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validation import check_choice
 from .prefix_cache import PrefixCache, cache_argument, cacheable_model
 from .templates import RewardTemplate, layout_response
 from .vocab import VocabularyMap
@@ -53,6 +54,7 @@ class SequenceClassifierReward(RewardAdapter):
 
     def __init__(self, model: nn.Module, padding_side: str | None = None):
         super().__init__()
+        check_choice("padding_side", padding_side, ("left", "right"), none_ok=True)
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
         if num_labels != 1:
             raise ValueError(
@@ -82,6 +84,12 @@ class CallableReward(RewardAdapter):
 
     def __init__(self, reward: Callable, padding_side: str = "right"):
         super().__init__()
+        check_choice("padding_side", padding_side, ("left", "right"))
+        if not callable(reward) or not callable(getattr(reward, "get_input_embeddings", None)):
+            raise TypeError(
+                "`reward` must be callable as `(inputs_embeds, attention_mask)` and have `get_input_embeddings()`, "
+                f"got {type(reward).__name__}."
+            )
         self.reward = reward
         self.padding_side = padding_side
         # Optional inputs are passed by keyword when the callable names them (e.g. `position_ids`).

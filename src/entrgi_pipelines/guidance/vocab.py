@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..validation import check_integer
+
 logger = logging.getLogger(__name__)
 
 UNMAPPED_POLICIES = ("unk", "eos", "pad", "error")
@@ -106,6 +108,7 @@ class VocabularyMap:
 
     @classmethod
     def identity(cls, size: int) -> VocabularyMap:
+        check_integer("size", size, minimum=1)
         return cls(ids=torch.arange(size), mapped=torch.ones(size, dtype=torch.bool))
 
     @classmethod
@@ -132,9 +135,20 @@ class VocabularyMap:
             approximate (`bool`, defaults to `True`): give a token without an exact counterpart the same text in
                 another casing, else with the other spacing (`mapped` but not `exact`).
         """
+        for name, tokenizer in (("source", source), ("target", target)):
+            if not callable(getattr(tokenizer, "get_vocab", None)):
+                raise TypeError(f"`{name}` must be a tokenizer (with `get_vocab()`), got {type(tokenizer).__name__}.")
+        if not (unmapped in UNMAPPED_POLICIES or isinstance(unmapped, int) and not isinstance(unmapped, bool)):
+            raise ValueError(f"`unmapped` must be one of {UNMAPPED_POLICIES} or a token id, got {unmapped!r}.")
+        check_integer("source_size", source_size, minimum=1, none_ok=True)
         source_vocab, target_vocab = source.get_vocab(), target.get_vocab()
         size = max(source_size or 0, len(source), max(source_vocab.values()) + 1)
         target_size = max(len(target), max(target_vocab.values()) + 1)
+        if isinstance(unmapped, int) and not 0 <= unmapped < target_size:
+            raise ValueError(
+                f"`unmapped={unmapped}` is not a token id of the reward tokenizer ({target_size} tokens): pass an id "
+                f"in range, or a policy among {UNMAPPED_POLICIES}."
+            )
         if source_vocab == target_vocab and size <= target_size:
             return cls.identity(size)
         if isinstance(unmapped, str) and unmapped not in UNMAPPED_POLICIES:

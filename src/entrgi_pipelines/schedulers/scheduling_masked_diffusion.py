@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +47,8 @@ _TOP_P_BINS, _TOP_P_SPAN = 4096, 40.0
 def _nucleus(log_probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Mask of the tokens outside the top-p nucleus, from log-probabilities (see `filter_logits`)."""
     # bin 0 holds the most probable tokens; everything below exp(-40) shares the last bin
-    key = ((-log_probs).clamp(max=_TOP_P_SPAN) * ((_TOP_P_BINS - 1) / _TOP_P_SPAN)).long()
+    # (fmin, unlike clamp, sends NaN to the last bin: a NaN never becomes an out-of-range index)
+    key = (torch.fmin(-log_probs, log_probs.new_tensor(_TOP_P_SPAN)) * ((_TOP_P_BINS - 1) / _TOP_P_SPAN)).long()
     mass = log_probs.new_zeros(*key.shape[:-1], _TOP_P_BINS).scatter_add_(-1, key, log_probs.exp())
     before = mass.cumsum(-1) - mass  # mass of the strictly more probable bins
     return (before >= top_p).gather(-1, key)
@@ -256,8 +259,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         """
         if self.timesteps is None:
             raise ValueError("Call `set_timesteps` before `step`.")
-        if temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+        _check_step_inputs(model_output, sample, mask_token_id, temperature, top_p, top_k)
         if self._step_index is None:
             self._step_index = self.index_for_timestep(timestep)
         step_index = self._step_index
@@ -266,6 +268,14 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         # Vocabulary-wide work touches masked rows only. The mask token itself is never a candidate.
         logits = model_output[masked].float() / temperature
         logits[:, mask_token_id] = float("-inf")
+        # One sync per step: a row without a distribution (NaN, +inf, or nothing but -inf) cannot be sampled.
+        invalid = int((~logits.amax(-1).isfinite()).sum()) if logits.numel() else 0
+        if invalid:
+            raise ValueError(
+                f"`model_output` has no valid distribution at {invalid} masked position(s) at step {step_index} "
+                "(NaN, +inf, or -inf everywhere but the mask token): check the model and the callbacks that edit "
+                "the logits."
+            )
         tokens = sample_tokens(logits, top_k=top_k, top_p=top_p, generator=generator)
         source = logits if confidence_logits is None else confidence_logits[masked].float() / temperature
         row_confidence = self._confidence(source, tokens, masked, generator)
@@ -289,3 +299,28 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         return MaskedDiffusionSchedulerOutput(
             prev_sample=prev_sample, sampled_tokens=sampled, commit_mask=commit, confidence=confidence
         )
+
+
+def _check_step_inputs(model_output, sample, mask_token_id, temperature, top_p, top_k) -> None:
+    """Refuses arguments of `step` that would fail deep inside sampling, naming the argument and the fix."""
+    if not torch.is_tensor(model_output) or model_output.dim() != 3:
+        raise ValueError("`model_output` must be logits of shape `(batch_size, gen_length, vocab_size)`.")
+    if not torch.is_tensor(sample) or tuple(sample.shape) != tuple(model_output.shape[:2]):
+        shape = tuple(sample.shape) if torch.is_tensor(sample) else type(sample).__name__
+        raise ValueError(
+            f"`sample` must be the response tokens `(batch_size, gen_length)` = {tuple(model_output.shape[:2])} "
+            f"matching `model_output`, got {shape}."
+        )
+    if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, numbers.Integral):
+        raise TypeError(f"`mask_token_id` must be an integer token id, got {mask_token_id!r}.")
+    if not 0 <= mask_token_id < model_output.shape[-1]:
+        raise ValueError(
+            f"`mask_token_id` must be a token id in [0, {model_output.shape[-1]}) (the logits' width), got "
+            f"{mask_token_id}."
+        )
+    if not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
+        raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+    if top_p is not None and not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
+        raise ValueError(f"`top_p` must be in (0, 1] or None, got {top_p!r}.")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k <= 0):
+        raise ValueError(f"`top_k` must be a positive integer or None, got {top_k!r}.")

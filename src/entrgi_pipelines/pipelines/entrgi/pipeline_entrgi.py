@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +91,28 @@ def _guidance_first(guidance: PipelineCallback, callback: Any, tensor_inputs: li
     if isinstance(callback, PipelineCallback):
         return MultiPipelineCallbacks([guidance, callback])
     return _ThenCall(guidance, callback, tensor_inputs)
+
+
+def _check_model_logits(logits: torch.Tensor, step_index: int, num_steps: int) -> None:
+    """Stops a call whose diffusion model returned NaN or +inf logits (one host sync per step)."""
+    if not bool(logits.amax(-1).isfinite().all()):
+        raise FloatingPointError(
+            f"The diffusion model returned NaN or infinite logits at denoising step {step_index} of {num_steps}: "
+            "check its weights and dtype (float16 overflows easily; try bfloat16 or float32)."
+        )
+
+
+def _ends_call_cleanly(call: Callable) -> Callable:
+    """Whatever stops a call (an error, KeyboardInterrupt in a callback or a reward model), no per-call state stays."""
+
+    @functools.wraps(call)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return call(self, *args, **kwargs)
+        finally:
+            self._sampling = {}
+
+    return wrapper
 
 
 class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
@@ -182,6 +206,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         reward_prompt,
         callback_on_step_end,
         callback_on_step_end_tensor_inputs,
+        generator=None,
     ) -> None:
         given = [
             name
@@ -200,10 +225,31 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 raise ValueError("`prompt` must be a non-empty string or a non-empty list of non-empty strings.")
         if messages is not None and (not isinstance(messages, list) or not messages):
             raise ValueError("`messages` must be a non-empty list of conversations (lists of role/content dicts).")
+        if messages is not None:
+            for conversation in [messages] if isinstance(messages[0], dict) else messages:
+                if not isinstance(conversation, list) or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in conversation
+                ):
+                    raise ValueError(
+                        "`messages` must be a conversation (a list of {'role': str, 'content': str} dicts) or a list "
+                        f"of them, got {conversation!r:.80}."
+                    )
+                if not any(m["role"] == "user" for m in conversation):
+                    raise ValueError("Every conversation in `messages` needs a message with role 'user' to answer.")
         if input_ids is not None and (
             not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0
         ):
             raise ValueError("`input_ids` must be a non-empty 2D LongTensor `(batch, prompt_length)`.")
+        if input_ids is not None and (
+            input_ids.dtype.is_floating_point
+            or input_ids.dtype in (torch.bool, torch.complex64, torch.complex128)
+            or not 0 <= int(input_ids.min()) <= int(input_ids.max()) < self.vocab_size
+        ):
+            raise ValueError(
+                f"`input_ids` must hold integer token ids in [0, {self.vocab_size}) (the model's vocabulary), got "
+                f"dtype {input_ids.dtype} with values in [{input_ids.min().item()}, {input_ids.max().item()}]."
+            )
         for name, value in (
             ("gen_length", gen_length),
             ("num_inference_steps", num_inference_steps),
@@ -217,10 +263,10 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             raise ValueError(f"`guidance={guidance!r}` needs a `reward_model` (or pass a `RewardGuidance` callback).")
         if not isinstance(guidance_steps, int) or guidance_steps < 0:
             raise ValueError(f"`guidance_steps` must be an integer >= 0, got {guidance_steps!r}.")
-        if not isinstance(guidance_lr, (int, float)) or not guidance_lr > 0:
-            raise ValueError(f"`guidance_lr` must be a number > 0, got {guidance_lr!r}.")
-        if not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"`temperature` must be a number > 0 (lower is greedier), got {temperature!r}.")
+        if not isinstance(guidance_lr, (int, float)) or not 0 < guidance_lr < math.inf:
+            raise ValueError(f"`guidance_lr` must be a finite number > 0, got {guidance_lr!r}.")
+        if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+            raise ValueError(f"`temperature` must be a finite number > 0 (lower is greedier), got {temperature!r}.")
         if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
             raise ValueError(f"`top_p` must be in (0, 1] or None, got {top_p!r}.")
         if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
@@ -232,6 +278,16 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             )
         if reward_prompt is not None and not isinstance(reward_prompt, (str, list)):
             raise TypeError(f"`reward_prompt` must be a string or a list of strings, got {type(reward_prompt)}.")
+        if isinstance(reward_prompt, list) and not (reward_prompt and all(isinstance(p, str) for p in reward_prompt)):
+            raise TypeError("`reward_prompt` must be a string or a non-empty list of strings (one per prompt).")
+        mask_id = self.resolve_mask_token_id(mask_token_id)
+        if not 0 <= mask_id < self.vocab_size:
+            raise ValueError(f"`mask_token_id` must be a token id in [0, {self.vocab_size}), got {mask_id}.")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"`generator` must be a `torch.Generator` (e.g. `torch.Generator().manual_seed(0)`) or None, got "
+                f"{type(generator).__name__}."
+            )
         if callback_on_step_end is not None and not (
             callable(callback_on_step_end) or isinstance(callback_on_step_end, MultiPipelineCallbacks)
         ):
@@ -295,6 +351,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         return inputs
 
+    @_ends_call_cleanly
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
@@ -387,6 +444,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             reward_prompt,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
+            generator=generator,
         )
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -461,6 +519,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 logits = self.model(sequences, **model_inputs).logits
                 logits = logits[:, start - 1 : start - 1 + L] if self.logits_shift else logits[:, start:]
                 logits[..., mask_token_id] = float("-inf")  # guidance and sampling never propose the mask
+                _check_model_logits(logits, i, len(timesteps))
                 response_tokens = sequences[:, start:]
                 confidence_logits = logits
                 if callback_on_step_end is not None:
@@ -504,10 +563,12 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         rewards = best = None
         if scorer is not None:
             rewards = scorer.score_texts(texts).reshape(B, K)
-            best = rewards.argmax(-1).tolist()
+            best = rewards.nan_to_num(nan=-math.inf).argmax(-1).tolist()  # a NaN reward is never the best
         best_texts = [all_texts[b][best[b] if best else 0] for b in range(B)]
         sequences_out = responses.reshape(B, K, L).cpu()
         trajectory = torch.stack(frames).reshape(len(frames), B, K, L).cpu() if frames is not None else None
+        for callback in guidances:
+            callback.finish()  # warns once if guidance fell back to the model's logits anywhere
         self._sampling = {}
         self.maybe_free_model_hooks()
 
