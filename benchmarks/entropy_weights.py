@@ -17,7 +17,7 @@ from entrgi_pipelines import RewardGuidance, bench
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     bench.add_sampling_arguments(parser, steps=32, gen_length=32)

@@ -81,7 +81,7 @@ def plot(config: dict, points: list[dict], path: str) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--etas", nargs="+", type=float, default=[0.1, 0.5, 1.0, 2.0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--num-prompts", type=int, default=8)

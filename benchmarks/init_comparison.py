@@ -57,7 +57,7 @@ def sample_fluency(records: list[dict], tokenizer, fluency) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--documents", required=True, help="JSONL written by entrgi_pipelines.stack.corpus")
     parser.add_argument("--output", required=True)
     parser.add_argument("--steps", type=int, default=200)

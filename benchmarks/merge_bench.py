@@ -11,7 +11,7 @@ from entrgi_pipelines.bench import markdown_table, summarise
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("files", nargs="+")
     parser.add_argument("--output", required=True)
     parser.add_argument("--markdown")

@@ -21,7 +21,7 @@ def paired(records, a: str, b: str, key: str) -> tuple[float, float, float]:
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("results")
     parser.add_argument("--sweep")
     args = parser.parse_args()

@@ -23,7 +23,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import BenchCheckpoint, write_json_atomic, write_text_atomic
 from .guidance.entrgi import GUIDANCE_METHODS
+from .validation import (
+    StrictArgumentParser,
+    existing_file,
+    exit_on_bad_input,
+    model_folder,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    read_jsonl,
+)
 
 DEFAULT_PROMPTS = "data/prompts.jsonl"
 
@@ -34,7 +46,7 @@ def read_prompts(path: str | None, num_prompts: int | None) -> list[dict]:
         if path
         else resources.files("entrgi_pipelines.stack").joinpath(DEFAULT_PROMPTS).read_text()
     )
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = read_jsonl(path or DEFAULT_PROMPTS, text)
     for i, row in enumerate(rows):
         if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise ValueError(f"--prompts line {i + 1} has no non-empty 'prompt' string: {row}")
@@ -128,31 +140,42 @@ def markdown_table(summary: dict) -> str:
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_length: int) -> None:
     """K, T, L, M, eta, tau and top-p, shared by `entrgi-bench`, `entrgi generate` and the benchmark scripts."""
-    parser.add_argument("-K", "--num-samples", type=int, default=4, help="samples per prompt")
-    parser.add_argument("-T", "--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
+    parser.add_argument("-K", "--num-samples", type=positive_int, default=4, help="samples per prompt")
+    parser.add_argument("-T", "--steps", type=positive_int, default=steps, help=f"denoising steps (default {steps})")
     parser.add_argument(
-        "-L", "--gen-length", type=int, default=gen_length, help=f"response tokens (default {gen_length})"
+        "-L", "--gen-length", type=positive_int, default=gen_length, help=f"response tokens (default {gen_length})"
     )
-    parser.add_argument("-M", "--guidance-steps", type=int, default=3, help="Adam steps per denoising step")
-    parser.add_argument("--eta", type=float, default=0.5, help="guidance learning rate")
-    parser.add_argument("--tau", type=float, default=0.7, help="sampling temperature")
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument(
+        "-M", "--guidance-steps", type=non_negative_int, default=3, help="Adam steps per denoising step"
+    )
+    parser.add_argument("--eta", type=positive_float, default=0.5, help="guidance learning rate")
+    parser.add_argument("--tau", type=positive_float, default=0.7, help="sampling temperature")
+    parser.add_argument("--top-p", type=probability, default=0.95)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="entrgi-bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", help="JSONL with {'prompt': ..., 'target': ...} per line (default: bundled)")
-    parser.add_argument("--num-prompts", type=int, default=12, help="use the first N prompts (default 12)")
+    parser = StrictArgumentParser(prog="entrgi-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--prompts", type=existing_file, help="JSONL with {'prompt': ..., 'target': ...} per line (default: bundled)"
+    )
+    parser.add_argument("--num-prompts", type=positive_int, default=12, help="use the first N prompts (default 12)")
     parser.add_argument("--methods", nargs="+", default=["none", "entrgi"], choices=GUIDANCE_METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     # Defaults sized for 12 prompts x 2 seeds x 2 methods in about 3 minutes on 2 CPU cores; docs/results.md uses
     # T = L = 32.
     add_sampling_arguments(parser, steps=16, gen_length=16)
-    parser.add_argument("--dllm", help="diffusion LM folder (default: the embedded dLLM)")
-    parser.add_argument("--reward-model", help="reward model folder to guide with (default: embedded similarity)")
-    parser.add_argument("--judge", help="held-out judge folder (default: embedded topic judge)")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per pipeline call")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--dllm", type=model_folder, help="diffusion LM folder (default: the embedded dLLM)")
+    parser.add_argument(
+        "--reward-model", type=model_folder, help="reward model folder to guide with (default: embedded similarity)"
+    )
+    parser.add_argument("--judge", type=model_folder, help="held-out judge folder (default: embedded topic judge)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per pipeline call")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the records already in --output and run only the rest (same settings; see checkpoint.py)",
+    )
     parser.add_argument("--output", help="write every sample and the summary to this JSON file")
     parser.add_argument("--markdown", help="also write the table to this file")
     return parser
@@ -194,8 +217,19 @@ def run(args) -> dict:
     batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
     records = []
     progress = tqdm(total=len(args.methods) * len(args.seeds) * len(prompts), desc="entrgi-bench", unit="prompt")
+    config = bench_config(args)
+    # Saved after every batch. With --resume, the (method, seed) runs already in the output file are skipped; their
+    # batches share one generator, so a run stopped part-way through is redone from its first batch.
+    checkpoint = BenchCheckpoint(args.output, config, getattr(args, "resume", False))
     for method in args.methods:
         for seed in args.seeds:
+            saved = checkpoint.finished(
+                (method, seed, row["prompt"], row.get("target") or row["prompt"]) for row in prompts
+            )
+            if saved is not None:
+                records.extend(saved)
+                progress.update(len(prompts))
+                continue
             generator = torch.Generator().manual_seed(seed)
             for batch in batches:
                 targets = [row.get("target") or row["prompt"] for row in batch]
@@ -234,22 +268,43 @@ def run(args) -> dict:
                         }
                     )
                 progress.update(len(batch))
+                done = [m for m in args.methods if any(r["method"] == m for r in records)]
+                checkpoint.save({"config": config, "summary": summarise(records, done), "records": records})
     progress.close()
     summary = summarise(records, args.methods)
-    config = {k: v for k, v in vars(args).items() if k not in ("output", "markdown")}
     return {"config": config, "summary": summary, "records": records}
+
+
+def bench_config(args) -> dict:
+    """The settings recorded in the output (where the results go, and whether they were resumed, are not)."""
+    return {k: v for k, v in vars(args).items() if k not in ("output", "markdown", "resume")}
+
+
+def check_args(parser: argparse.ArgumentParser, args) -> None:
+    """Refuses bad settings and files before any model work: exit status 2 and one line on stderr."""
+    for name in ("methods", "seeds"):
+        values = getattr(args, name)
+        if len(set(values)) != len(values):
+            parser.error(f"--{name} lists {values}: give each once")
+    exit_on_bad_input(parser, read_prompts, args.prompts, args.num_prompts)
+    for flag, path in (("--output", args.output), ("--markdown", args.markdown)):
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            parser.error(f"{flag} {path!r}: its folder does not exist")
+    exit_on_bad_input(parser, BenchCheckpoint, args.output, bench_config(args), args.resume)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (returns nothing: a console script's return value becomes its exit status)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     result = run(args)
     table = markdown_table(result["summary"])
     print(table)
     if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=1))
+        write_json_atomic(args.output, result)  # the complete run (no longer marked partial)
     if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
+        write_text_atomic(args.markdown, table + "\n")
     print(json.dumps({"top1": {m: s["top1"] for m, s in result["summary"].items()}}))
 
 

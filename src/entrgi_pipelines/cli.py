@@ -19,7 +19,6 @@ for `hf upload my-name/entrgi-embedded-pipeline hub-repos/pipeline .` (see docs/
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import textwrap
@@ -28,6 +27,7 @@ import torch
 
 from .bench import add_sampling_arguments
 from .guidance.entrgi import GUIDANCE_METHODS
+from .validation import StrictArgumentParser, positive_int
 
 
 def side_by_side(left: list[str], right: list[str], width: int) -> str:
@@ -106,7 +106,7 @@ def export(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="entrgi", description="EntRGi on the embedded offline stack.")
+    parser = StrictArgumentParser(prog="entrgi", description="EntRGi on the embedded offline stack.")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="unguided vs guided samples of one prompt, side by side")
     gen.add_argument("prompt")
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--method", default="entrgi", choices=[m for m in GUIDANCE_METHODS if m != "none"])
     add_sampling_arguments(gen, steps=32, gen_length=32)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--threads", type=int, default=None)
-    gen.add_argument("--width", type=int, default=58)
+    gen.add_argument("--threads", type=positive_int, default=None)
+    gen.add_argument("--width", type=positive_int, default=58)
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
     anim = sub.add_parser("animate", help="a GIF of the denoising: unguided vs guided best sample, side by side")
     anim.add_argument("prompt")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     anim.add_argument("--output", default="denoising.gif", help="the GIF to write (default denoising.gif)")
     add_sampling_arguments(anim, steps=32, gen_length=32)
     anim.add_argument("--seed", type=int, default=0)
-    anim.add_argument("--threads", type=int, default=None)
+    anim.add_argument("--threads", type=positive_int, default=None)
     anim.add_argument("--quiet", action="store_true", help="no progress bars")
     exp = sub.add_parser("export", help="write the embedded stack as Hub repo folders: DIR/pipeline, reward, judge")
     exp.add_argument("dir", help="where to write the three repo folders (existing ones are replaced)")
@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         "--namespace", default="entrgi", help="the Hub user or organisation the model cards name (default entrgi)"
     )
     args = parser.parse_args(argv)
+    for name in ("prompt", "target"):
+        if hasattr(args, name) and not getattr(args, name).strip():
+            sub.choices[args.command].error(f"the {name} must not be empty")
     if args.command == "export":
         from .hub import embedded_repo_ids
 
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
             embedded_repo_ids(args.namespace)  # a namespace that is not a Hub name is refused before any model work
         except ValueError as error:
             exp.error(str(error))
+        if os.path.exists(args.dir) and not os.path.isdir(args.dir):
+            exp.error(f"{args.dir!r} is a file: DIR must be a folder (it is created when missing)")
         export(args)
         return
     if args.command == "animate":

@@ -171,7 +171,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="Fetch the Debian text corpus and write it as JSONL.")
+    parser = argparse.ArgumentParser(
+        description="Fetch the Debian text corpus and write it as JSONL.", allow_abbrev=False
+    )
     parser.add_argument("--dest", default="corpus", help="folder for the unpacked text")
     parser.add_argument("--output", default=None, help="JSONL path (default: DEST/documents.jsonl)")
     args = parser.parse_args()

@@ -176,7 +176,7 @@ def delta_state_dict(model: BertForMaskedLM) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--documents", required=True, help="JSONL written by entrgi_pipelines.stack.corpus")
     parser.add_argument("--output", required=True, help="folder for the delta weights, config and log")
     parser.add_argument("--init", choices=("minilm", "scratch", "v1"), default="minilm")

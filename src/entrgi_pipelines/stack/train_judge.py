@@ -106,7 +106,7 @@ def accuracy(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[f
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--documents", required=True, help="documents.jsonl written by entrgi_pipelines.stack.corpus")
     parser.add_argument("--output", required=True, help="folder for head.safetensors and judge.json")
     parser.add_argument("--cap", type=int, default=600, help="most training documents per topic")
