@@ -153,6 +153,33 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_leng
     parser.add_argument("--top-p", type=probability, default=0.95)
 
 
+REWARDS = ("similarity", "lm-judge")
+
+
+def add_reward_argument(parser: argparse.ArgumentParser) -> None:
+    """`--reward similarity|lm-judge`: the embedded stack's guidance reward, shared by `entrgi-bench` and `entrgi`."""
+    parser.add_argument(
+        "--reward",
+        choices=REWARDS,
+        default="similarity",
+        help="embedded guidance reward: MiniLM cosine similarity to the target (default), or lm-judge: SmolLM2's "
+        "log-probability of the target description after the response (stack/lm_reward.py)",
+    )
+
+
+def load_reward(name: str):
+    """`(reward_model, reward_tokenizer)` of an embedded guidance reward named as `--reward` names it."""
+    if name == "lm-judge":
+        from .stack.lm_reward import load_lm_judge_reward
+
+        return load_lm_judge_reward()
+    if name == "similarity":
+        from .stack.reward_models import load_similarity_reward_model
+
+        return load_similarity_reward_model()
+    raise ValueError(f"--reward must be one of {REWARDS}, got {name!r}.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = StrictArgumentParser(prog="entrgi-bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -165,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     # T = L = 32.
     add_sampling_arguments(parser, steps=16, gen_length=16)
     parser.add_argument("--dllm", type=model_folder, help="diffusion LM folder (default: the embedded dLLM)")
+    add_reward_argument(parser)
     parser.add_argument(
         "--reward-model", type=model_folder, help="reward model folder to guide with (default: embedded similarity)"
     )
@@ -198,7 +226,7 @@ def load_components(args):
     reward = (
         hf(args.reward_model, AutoModelForSequenceClassification)
         if args.reward_model
-        else stack_rewards.load_similarity_reward_model()
+        else load_reward(getattr(args, "reward", "similarity"))
     )
     judge = hf(args.judge, AutoModelForSequenceClassification) if args.judge else stack_rewards.load_topic_judge()
     pipe = EntRGiPipeline(model=model, tokenizer=tokenizer, scheduler=MaskedDiffusionScheduler())
@@ -287,6 +315,8 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
         if len(set(values)) != len(values):
             parser.error(f"--{name} lists {values}: give each once")
     exit_on_bad_input(parser, read_prompts, args.prompts, args.num_prompts)
+    if args.reward_model and args.reward != "similarity":
+        parser.error(f"--reward-model replaces the embedded reward: drop it or --reward {args.reward}")
     for flag, path in (("--output", args.output), ("--markdown", args.markdown)):
         if path is not None and not Path(path).resolve().parent.is_dir():
             parser.error(f"{flag} {path!r}: its folder does not exist")

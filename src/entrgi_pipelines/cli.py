@@ -3,8 +3,9 @@
     entrgi generate "and he said unto them" --target "food and eating"
 
 samples the same prompt without guidance and with EntRGi (same seed) and prints the samples side by side with
-their rewards (cosine similarity of MiniLM embeddings of the target and the response) and the held-out judge's
-score (probability that the response is on the target's topic).
+their rewards (cosine similarity of MiniLM embeddings of the target and the response; with `--reward lm-judge`,
+SmolLM2's mean log-probability of the target description after the response) and the held-out judge's score
+(probability that the response is on the target's topic).
 
     entrgi animate "and he said unto them" --target "food and eating" --output anim.gif
 
@@ -25,7 +26,7 @@ import textwrap
 
 import torch
 
-from .bench import add_sampling_arguments
+from .bench import add_reward_argument, add_sampling_arguments
 from .guidance.entrgi import GUIDANCE_METHODS
 from .validation import StrictArgumentParser, positive_int
 
@@ -41,18 +42,21 @@ def side_by_side(left: list[str], right: list[str], width: int) -> str:
 
 
 def generate(args) -> dict:
-    from .bench import guided_samples, judge_scores
+    from .bench import guided_samples, judge_scores, load_reward
     from .stack import load_embedded_stack
 
     if args.threads:
         torch.set_num_threads(args.threads)
     stack = load_embedded_stack()
     stack.pipe.set_progress_bar_config(disable=args.quiet)
+    reward_model, reward_tokenizer = (
+        (stack.reward_model, stack.reward_tokenizer) if args.reward == "similarity" else load_reward(args.reward)
+    )
     results = {}
     for method in ("none", args.method):
         generator = torch.Generator().manual_seed(args.seed)
         out = guided_samples(
-            stack.pipe, stack.reward_model, stack.reward_tokenizer, args.prompt, args.target, method, args, generator
+            stack.pipe, reward_model, reward_tokenizer, args.prompt, args.target, method, args, generator
         )
         texts, rewards = out.all_texts[0], out.rewards[0].tolist()
         judged = judge_scores(stack.judge, stack.judge_tokenizer, [args.target] * len(texts), texts)
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("prompt")
     gen.add_argument("--target", required=True, help="what the reward asks the response to be about")
     gen.add_argument("--method", default="entrgi", choices=[m for m in GUIDANCE_METHODS if m != "none"])
+    add_reward_argument(gen)
     add_sampling_arguments(gen, steps=32, gen_length=32)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--threads", type=positive_int, default=None)

@@ -3,7 +3,9 @@
 - the diffusion LM: a BERT masked LM initialised from all-MiniLM-L6-v2 and trained with the MDLM objective on
   Debian's English text (see `train_dllm.py`), shipped as a float16 delta over MiniLM's weights;
 - the guidance reward: cosine similarity of MiniLM sentence embeddings of a target description and the response;
-- the held-out judge: a topic classifier head on MiniLM embeddings, never used for guidance.
+- the held-out judge: a topic classifier head on MiniLM embeddings, never used for guidance;
+- the LM-judge reward (`load_lm_judge_reward`): SmolLM2-135M-Instruct's log-probability of the target description
+  after the response (a decoder reward with a chat template and another tokenizer, see `lm_reward.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from ..pipelines.entrgi import EntRGiPipeline
 from ..schedulers import MaskedDiffusionScheduler
+from .lm_reward import LM_JUDGE_TEMPLATE, load_lm_judge_reward
 
 
 @dataclass
@@ -41,4 +44,4 @@ def load_embedded_stack(cache_dir: str | None = None) -> EmbeddedStack:
     return EmbeddedStack(pipe, reward_model, reward_tokenizer, judge, judge_tokenizer)
 
 
-__all__ = ["EmbeddedStack", "load_embedded_stack"]
+__all__ = ["LM_JUDGE_TEMPLATE", "EmbeddedStack", "load_embedded_stack", "load_lm_judge_reward"]
