@@ -31,11 +31,14 @@ DOCUMENTED = [
     "entrgi_pipelines.guidance.SequenceClassifierReward",
     "entrgi_pipelines.guidance.CallableReward",
     "entrgi_pipelines.guidance.RewardTerm",
+    "entrgi_pipelines.guidance.CausalLMReward",
+    "entrgi_pipelines.guidance.RewardTemplate",
     "entrgi_pipelines.stack.load_embedded_stack",
     "entrgi_pipelines.stack.EmbeddedStack",
     "entrgi_pipelines.stack.dllm.load_embedded_dllm",
     "entrgi_pipelines.stack.reward_models.load_similarity_reward_model",
     "entrgi_pipelines.stack.reward_models.load_topic_judge",
+    "entrgi_pipelines.stack.load_lm_judge_reward",
 ]
 
 

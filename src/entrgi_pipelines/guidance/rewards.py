@@ -235,9 +235,9 @@ class RewardTerm:
         if len(prompts) != len(reward_prompts):
             raise ValueError(f"Got {len(prompts)} `prompts` for {len(reward_prompts)} `reward_prompts`.")
         pairs = list(zip(prompts, reward_prompts))
-        unique = list(dict.fromkeys(pairs))
+        unique = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
         layouts = [layout_response(self.tokenizer, self.template, prompt, target) for prompt, target in unique]
-        rows = torch.tensor([unique.index(pair) for pair in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
+        rows = torch.tensor([unique[pair] for pair in pairs], dtype=torch.long)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         prefix, prefix_keep = _pad([p.prefix for p in layouts], pad)
         prefix_types, _ = _pad([p.prefix_types for p in layouts], 0)
@@ -260,9 +260,10 @@ class RewardTerm:
                 "response_type": response_type.to(device),
             }
         # Tensors per distinct (prompt, target), expanded to one row per sample.
+        leads = [layouts[i].lead for i in rows.tolist()]
         rows = rows.to(device)
         self._context = {name: value.index_select(0, rows) for name, value in context.items()}
-        self._context["leads"] = [layouts[i].lead for i in rows.tolist()]
+        self._context["leads"] = leads
         # Scored tokens end every suffix (left padding puts them last): the logits of these last positions suffice.
         self._context["score_width"] = max((sum(p.scored) for p in layouts), default=0)
         self._context["cache"] = None

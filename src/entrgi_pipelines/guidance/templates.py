@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SLOTS = ("prompt", "target", "response")
 _SLOT_PATTERN = re.compile(r"\{(prompt|target|response)\}")
@@ -45,10 +45,9 @@ class RewardTemplate:
         text (`str`, *optional*): a plain text with the same slots, for reward models without a chat template;
             tokenised without special tokens.
         score (`str`, *optional*): the slot (`"prompt"` or `"target"`) whose tokens a causal LM reward scores. It
-            must come after the response and not directly after it; the input is cut after it.
-
-        With neither `messages` nor `text`, the template is the default `[user: {target}, assistant: {response}]`
-        (the text pair `(target, response)` when the tokenizer has no chat template).
+            must come after the response and not directly after it; the input is cut after it. With neither
+            `messages` nor `text`, the template is the default `[user: {target}, assistant: {response}]` (the text
+            pair `(target, response)` when the tokenizer has no chat template).
 
     Examples:
         ```py
@@ -68,7 +67,6 @@ class RewardTemplate:
     messages: tuple[Mapping[str, str], ...] | None = None
     text: str | None = None
     score: str | None = None
-    _slots: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.messages is not None and self.text is not None:
@@ -86,8 +84,7 @@ class RewardTemplate:
         if self.text is not None and not isinstance(self.text, str):
             raise TypeError(f"`text` must be a string with a {{response}} slot, got {type(self.text).__name__}.")
         parts = [m["content"] for m in self.messages] if self.messages is not None else [self.text or ""]
-        slots = tuple(s for part in parts for s in _SLOT_PATTERN.findall(part))
-        object.__setattr__(self, "_slots", slots)
+        slots = [s for part in parts for s in _SLOT_PATTERN.findall(part)]
         if not self.is_default and slots.count("response") != 1:
             raise ValueError(
                 f"A reward template must hold `{{response}}` exactly once, found it {slots.count('response')} times."
