@@ -277,7 +277,26 @@ class RewardGuidance(PipelineCallback):
 
     @torch.no_grad()
     def score_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """The summed reward `(N,)` of response texts (one per prepared sample), on their discrete tokens."""
+        """The summed reward `(N,)` of response texts (one per prepared sample), on their discrete tokens.
+
+        Each text is tokenised by the reward tokenizer, as the template places it (with the spaces before the
+        response), and goes through the same layout as guidance. So for a response whose text re-encodes to the
+        tokens guidance fed (the mapped dLLM tokens up to the first end-of-sequence token), this equals the reward
+        seen during guidance with hard inputs (`w = 1`, or committed tokens), to float tolerance. Across a
+        tokenizer bridge the round trip, and so the reward, can differ where:
+
+        - the reward tokenizer segments a word otherwise than the dLLM (`walk ##ing` maps to `Ġwalk ing`, the text
+          "walking" re-encodes as `Ġwalking`);
+        - a dLLM token has only an approximate counterpart (another casing: uncased `god` -> `ĠGod`, or spacing)
+          or none (`unmapped_tokens`); see `VocabularyMap.exact`;
+        - the decoder changes the text: special tokens are dropped, spaces are cleaned up (`do n ' t` -> "don't"),
+          the text is stripped, so a response that starts with a token glued to the previous word (`,`) is read
+          after the template's space (`Ġ,`);
+        - the rendered template would merge the response's first or last characters with its neighbours (slots
+          should sit at word boundaries).
+
+        `tests/guidance/test_vocab_bridge.py` checks the equality where the round trip is exact and each difference.
+        """
         total = 0.0
         for term in self.terms:
             total = total + term.weight * term.reward_of_texts(texts).cpu()
