@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from entrgi_pipelines.bench import markdown_table, mean_ci
+from entrgi_pipelines.bench import JUDGE_NAMES, markdown_table, mean_ci
 
 
 def paired(records, a: str, b: str, key: str) -> tuple[float, float, float]:
@@ -18,6 +18,18 @@ def paired(records, a: str, b: str, key: str) -> tuple[float, float, float]:
     diffs = [v - by[(b, p, t, s)] for (m, p, t, s), v in by.items() if m == a and (b, p, t, s) in by]
     mean, ci = mean_ci(diffs)
     return mean, ci, sum(d > 0 for d in diffs) / max(len(diffs), 1)
+
+
+def ratio(log_mean: float, log_ci: float) -> str:
+    """A geometric-mean ratio with its interval, from the mean and half-width of the log ratio ("—" when unknown)."""
+    if log_mean != log_mean:
+        return "—"
+    return f"{math.exp(log_mean):.2f} ({math.exp(log_mean - log_ci):.2f}–{math.exp(log_mean + log_ci):.2f})"
+
+
+def perplexity_cell(value: float | None) -> str:
+    """A perplexity with one decimal, "—" when the run has none."""
+    return "—" if value is None or value != value else f"{value:.1f}"
 
 
 def main():
@@ -29,19 +41,25 @@ def main():
     records, methods, config = run["records"], list(run["summary"]), run["config"]
     for r in records:
         r["log_perplexity"] = math.log(r["perplexity"])
+        # Runs before the SmolLM2 judges have no SmolLM2 perplexity: their ratio column shows "—".
+        r["log_perplexity_smollm"] = math.log(r.get("perplexity_smollm", math.nan))
+    held_out = JUDGE_NAMES[next(iter(run["summary"].values())).get("held_out_judge", "minilm")]
     out = ["## Table", "", markdown_table(run["summary"]), ""]
     out.append(
         f"{config['num_prompts']} prompts; n = prompts x seeds run for each method (seeds "
         f"{config['seeds']}), K={config['num_samples']}, T={config['steps']}, L={config['gen_length']}, "
         f"M={config['guidance_steps']}, eta={config['eta']}, tau={config['tau']}, top_p={config['top_p']}. "
-        "Intervals: 95% normal intervals over prompts x seeds. Perplexity: geometric mean over best samples."
+        "Intervals: 95% normal intervals over prompts x seeds. Perplexities (bigram model of held-out corpus text; "
+        "SmolLM2-135M-Instruct given the prompt): geometric means over best samples. The held-out judge is the "
+        f"{held_out}, the topic judge that did not guide."
     )
     out += [
         "",
         "## Paired differences (same prompt, same seed)",
         "",
-        "| comparison | Top@1 difference | Top@1: share of pairs won | judge difference | perplexity ratio |",
-        "|---|---|---|---|---|",
+        f"| comparison | Top@1 difference | Top@1: share of pairs won | {held_out} difference | bigram perplexity "
+        "ratio | SmolLM2 perplexity ratio |",
+        "|---|---|---|---|---|---|",
     ]
     for a, b in [
         ("entrgi", "none"),
@@ -53,11 +71,11 @@ def main():
         if a in methods and b in methods:
             d, ci, win = paired(records, a, b, "top1")
             j, jci, _ = paired(records, a, b, "judge")
-            lp, lpci, _ = paired(records, a, b, "log_perplexity")
-            ratio = f"{math.exp(lp):.2f} ({math.exp(lp - lpci):.2f}–{math.exp(lp + lpci):.2f})"
-            out.append(f"| {a} − {b} | {d:+.4f} ± {ci:.4f} | {win:.0%} | {j:+.3f} ± {jci:.3f} | {ratio} |")
+            ratios = [ratio(*paired(records, a, b, key)[:2]) for key in ("log_perplexity", "log_perplexity_smollm")]
+            cells = [f"{d:+.4f} ± {ci:.4f}", f"{win:.0%}", f"{j:+.3f} ± {jci:.3f}", *ratios]
+            out.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
     out.append(
-        "\nPerplexity ratio: geometric mean over pairs of the best samples' bigram perplexities, a over b, with its 95%"
+        "\nPerplexity ratio: geometric mean over pairs of the best samples' perplexities, a over b, with its 95%"
         " interval (above 1: a's best sample is less fluent)."
     )
     out += ["", "## Ten unguided prompted samples (seed 0, first sample of each prompt)", ""]
@@ -98,14 +116,14 @@ def main():
             f"{c['num_prompts']} prompts x seeds {c['seeds']} (n = {c['num_prompts'] * len(c['seeds'])} per point), "
             f"T={c['steps']}, L={c['gen_length']}, other settings as above; one `entrgi-bench` run per point.",
             "",
-            "| method | eta | Top@1 | Avg@N | judge | perplexity | distinct-2 |",
-            "|---|---|---|---|---|---|---|",
+            "| method | eta | Top@1 | Avg@N | held-out judge | bigram perplexity | SmolLM2 perplexity | distinct-2 |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for p in sweep["points"]:
             eta = "—" if p["eta"] is None else f"{p['eta']:g}"
             out.append(
                 f"| {p['method']} | {eta} | {p['top1']:.4f} ± {p['top1_ci']:.4f} | {p['avg']:.4f} | {p['judge']:.3f} | "
-                f"{p['perplexity']:.1f} | {p['distinct2']:.3f} |"
+                f"{p['perplexity']:.1f} | {perplexity_cell(p.get('perplexity_smollm'))} | {p['distinct2']:.3f} |"
             )
     print("\n".join(out))
 

@@ -1,10 +1,13 @@
 """`entrgi-bench`: EntRGi against APS, the expectation and Best-of-N on a JSONL file of prompts.
 
 Every method samples the same prompts with the same seeds. For every (method, seed, prompt) it records the K samples
-and their guidance rewards (on discrete tokens), and for the best sample the held-out judge's score, its perplexity
-under a bigram model of held-out corpus text and its distinct-2. The table reports Top@1 (best of K) and Avg@N (mean
-of K) reward with 95% intervals over prompts x seeds. The last line on stdout is one JSON object of mean Top@1 per
-method.
+and their guidance rewards (on discrete tokens), and for the best sample: the scores of two topic judges (the MiniLM
+topic classifier, `judge_minilm`, and the SmolLM2 LM judge, `judge_lm`; see `stack/judges.py`), of which `judge` is
+the one held out from the guidance reward (the MiniLM classifier for the LM-judge reward, the LM judge otherwise;
+`held_out_judge` names it), its perplexity under a bigram model of held-out corpus text (`perplexity`) and under
+SmolLM2-135M-Instruct given the prompt (`perplexity_smollm`), and its distinct-2. The table reports Top@1 (best of
+K) and Avg@N (mean of K) reward with 95% intervals over prompts x seeds. The last line on stdout is one JSON object
+of mean Top@1 per method.
 
 Example (the embedded offline stack, a couple of minutes on 2 cores)::
 
@@ -107,7 +110,17 @@ def summarise(records: list[dict], methods: list[str]) -> dict:
         rows = [r for r in records if r["method"] == method]
         top1, avg = mean_ci([r["top1"] for r in rows]), mean_ci([r["avg"] for r in rows])
         judge = mean_ci([r["judge"] for r in rows])
+        # Records written before the SmolLM2 judges carry only the MiniLM judge, which was then the held-out one.
+        judge_minilm = mean_ci([r.get("judge_minilm", r["judge"]) for r in rows])
+        judge_lm = mean_ci([r.get("judge_lm", math.nan) for r in rows])
+        held_out = {r.get("held_out_judge", "minilm") for r in rows}
+        if len(held_out) > 1:
+            raise ValueError(
+                f"Records of {method!r} have different held-out judges {sorted(held_out)}: summarise "
+                "runs of one guidance reward at a time."
+            )
         log_ppl = mean_ci([math.log(r["perplexity"]) for r in rows if r["perplexity"] == r["perplexity"]])
+        log_ppl_lm = mean_ci([math.log(p) for r in rows if (p := r.get("perplexity_smollm", math.nan)) == p])
         summary[method] = {
             "top1": top1[0],
             "top1_ci": top1[1],
@@ -115,7 +128,13 @@ def summarise(records: list[dict], methods: list[str]) -> dict:
             "avg_ci": avg[1],
             "judge": judge[0],
             "judge_ci": judge[1],
+            "held_out_judge": held_out.pop() if held_out else "minilm",
+            "judge_minilm": judge_minilm[0],
+            "judge_minilm_ci": judge_minilm[1],
+            "judge_lm": judge_lm[0],
+            "judge_lm_ci": judge_lm[1],
             "perplexity": math.exp(log_ppl[0]),
+            "perplexity_smollm": math.exp(log_ppl_lm[0]),
             "distinct2": mean_ci([r["distinct2"] for r in rows])[0],
             "seconds_per_prompt": sum(r["seconds"] for r in rows) / max(len(rows), 1),
             "n": len(rows),
@@ -123,17 +142,32 @@ def summarise(records: list[dict], methods: list[str]) -> dict:
     return summary
 
 
+JUDGE_NAMES = {"minilm": "MiniLM judge", "lm": "LM judge"}
+
+
 def markdown_table(summary: dict) -> str:
+    """The summary as a markdown table: the held-out judge first, then the other; both perplexities of the best sample.
+
+    Summaries written before the SmolLM2 judges (no `judge_lm`, `perplexity_smollm`) show "—" in those columns.
+    """
+    held_out = next((s.get("held_out_judge", "minilm") for s in summary.values()), "minilm")
+    other = "lm" if held_out == "minilm" else "minilm"
     lines = [
-        "| method | n | Top@1 reward | Avg@N reward | judge (best) | perplexity (best) | distinct-2 (best) "
+        f"| method | n | Top@1 reward | Avg@N reward | held-out {JUDGE_NAMES[held_out]} (best) | "
+        f"{JUDGE_NAMES[other]} (best) | bigram perplexity (best) | SmolLM2 perplexity (best) | distinct-2 (best) "
         "| s / prompt |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def fmt(value, spec: str) -> str:
+        return "—" if value is None or value != value else format(value, spec)
+
     for method, s in summary.items():
+        other_judge = s.get(f"judge_{other}")
         lines.append(
             f"| {method} | {s['n']} | {s['top1']:.4f} ± {s['top1_ci']:.4f} | {s['avg']:.4f} ± {s['avg_ci']:.4f} | "
-            f"{s['judge']:.3f} ± {s['judge_ci']:.3f} | {s['perplexity']:.1f} | {s['distinct2']:.3f} | "
-            f"{s['seconds_per_prompt']:.2f} |"
+            f"{s['judge']:.3f} ± {s['judge_ci']:.3f} | {fmt(other_judge, '.3f')} | {s['perplexity']:.1f} | "
+            f"{fmt(s.get('perplexity_smollm'), '.1f')} | {s['distinct2']:.3f} | {s['seconds_per_prompt']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -196,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reward-model", type=model_folder, help="reward model folder to guide with (default: embedded similarity)"
     )
-    parser.add_argument("--judge", type=model_folder, help="held-out judge folder (default: embedded topic judge)")
+    parser.add_argument(
+        "--judge", type=model_folder, help="topic classifier judge folder (default: the embedded MiniLM topic judge)"
+    )
     parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per pipeline call")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument(
@@ -236,12 +272,18 @@ def load_components(args):
 
 def run(args) -> dict:
     from .stack.fluency import distinct_n, load_fluency_model
+    from .stack.judges import default_topic_descriptions, load_smollm_judges
 
     if args.threads:
         torch.set_num_threads(args.threads)
     prompts = read_prompts(args.prompts, args.num_prompts)
     pipe, (reward_model, reward_tokenizer), (judge, judge_tokenizer) = load_components(args)
     fluency = load_fluency_model(judge_tokenizer)
+    # The LM topic judge chooses among the 10 benchmark topics and every target of the prompt file (all its lines,
+    # so that the candidates do not depend on --num-prompts).
+    all_targets = [row.get("target") or row["prompt"] for row in read_prompts(args.prompts, None)]
+    lm_judges = load_smollm_judges(candidates=default_topic_descriptions() + all_targets)
+    reward_name = getattr(args, "reward", "similarity")  # the held-out topic judge is the other one
     batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
     records = []
     progress = tqdm(total=len(args.methods) * len(args.seeds) * len(prompts), desc="entrgi-bench", unit="prompt")
@@ -273,8 +315,16 @@ def run(args) -> dict:
                     generator,
                 )
                 seconds = (time.perf_counter() - start) / len(batch)
-                judged = judge_scores(judge, judge_tokenizer, targets, out.texts)
-                for row, target, best, texts, rewards, score in zip(
+                start = time.perf_counter()
+                judged = lm_judges.record_fields(
+                    [row["prompt"] for row in batch],
+                    targets,
+                    out.texts,
+                    judge_scores(judge, judge_tokenizer, targets, out.texts),
+                    reward_name,
+                )
+                judge_seconds = (time.perf_counter() - start) / len(batch)
+                for row, target, best, texts, rewards, judge_fields in zip(
                     batch, targets, out.texts, out.all_texts, out.rewards, judged
                 ):
                     best_ids = judge_tokenizer(best, add_special_tokens=False)["input_ids"]
@@ -289,10 +339,11 @@ def run(args) -> dict:
                             "best": best,
                             "top1": float(rewards.max()),
                             "avg": float(rewards.mean()),
-                            "judge": score,
+                            **judge_fields,
                             "perplexity": fluency.perplexity(best_ids),
                             "distinct2": distinct_n(best_ids, 2),
                             "seconds": seconds,
+                            "judge_seconds": judge_seconds,
                         }
                     )
                 progress.update(len(batch))

@@ -5,7 +5,9 @@
 - the guidance reward: cosine similarity of MiniLM sentence embeddings of a target description and the response;
 - the held-out judge: a topic classifier head on MiniLM embeddings, never used for guidance;
 - the LM-judge reward (`load_lm_judge_reward`): SmolLM2-135M-Instruct's log-probability of the target description
-  after the response (a decoder reward with a chat template and another tokenizer, see `lm_reward.py`).
+  after the response (a decoder reward with a chat template and another tokenizer, see `lm_reward.py`);
+- held-out SmolLM2 judges on discrete text (`load_smollm_judges`, see `judges.py`): the perplexity of a response
+  given its prompt, and an LM topic judge (the probability of the target among the topic descriptions).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from ..pipelines.entrgi import EntRGiPipeline
 from ..schedulers import MaskedDiffusionScheduler
+from .judges import SmolLMJudges, held_out_judge, load_smollm_judges
 from .lm_reward import LM_JUDGE_TEMPLATE, load_lm_judge_reward
 
 
@@ -44,4 +47,12 @@ def load_embedded_stack(cache_dir: str | None = None) -> EmbeddedStack:
     return EmbeddedStack(pipe, reward_model, reward_tokenizer, judge, judge_tokenizer)
 
 
-__all__ = ["LM_JUDGE_TEMPLATE", "EmbeddedStack", "load_embedded_stack", "load_lm_judge_reward"]
+__all__ = [
+    "LM_JUDGE_TEMPLATE",
+    "EmbeddedStack",
+    "SmolLMJudges",
+    "held_out_judge",
+    "load_embedded_stack",
+    "load_lm_judge_reward",
+    "load_smollm_judges",
+]
