@@ -169,3 +169,16 @@ def test_bench_records_carry_both_judges_and_both_perplexities(tmp_path, capsys)
     table = (tmp_path / "t.md").read_text()
     assert "held-out LM judge" in table and "SmolLM2 perplexity" in table and "bigram perplexity" in table
     assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top1"]) == {"none"}
+
+
+def test_bench_with_the_lm_judge_reward_is_judged_by_minilm(tmp_path):
+    if "--reward" not in bench.build_parser().format_help():
+        pytest.skip("entrgi-bench has no --reward option yet")
+    output = tmp_path / "bench.json"
+    argv = ["--num-prompts", "2", "--seeds", "0", "--methods", "none", "-K", "2", "-T", "2", "-L", "6"]
+    bench.main([*argv, "--reward", "lm-judge", "--output", str(output)])
+    saved = json.loads(output.read_text())
+    for record in saved["records"]:
+        assert record["held_out_judge"] == "minilm" and record["judge"] == record["judge_minilm"]
+        assert 0 <= record["judge_lm"] <= 1
+    assert saved["summary"]["none"]["held_out_judge"] == "minilm"
