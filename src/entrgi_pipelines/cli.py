@@ -28,6 +28,7 @@ import torch
 
 from .bench import add_reward_argument, add_sampling_arguments
 from .guidance.entrgi import GUIDANCE_METHODS
+from .stack.dllm import DLLM_VERSIONS
 from .validation import StrictArgumentParser, positive_int
 
 
@@ -47,7 +48,7 @@ def generate(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    stack = load_embedded_stack()
+    stack = load_embedded_stack(dllm_version=args.dllm)
     stack.pipe.set_progress_bar_config(disable=args.quiet)
     reward_model, reward_tokenizer = (
         (stack.reward_model, stack.reward_tokenizer) if args.reward == "similarity" else load_reward(args.reward)
@@ -89,7 +90,7 @@ def animate(args) -> None:
     check_comparison_inputs(args.prompt, args.target, args.method, args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    stack = load_embedded_stack()
+    stack = load_embedded_stack(dllm_version=args.dllm)
     stack.pipe.set_progress_bar_config(disable=args.quiet)
     sides = compare_methods(stack, args.prompt, args.target, args.method, args, args.seed)
     path = denoising_gif(stack, sides, args.output, args.prompt, args.target)
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     add_reward_argument(gen)
     add_sampling_arguments(gen, steps=32, gen_length=32)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--dllm", choices=sorted(DLLM_VERSIONS), help="embedded dLLM version (default: the newest)")
     gen.add_argument("--threads", type=positive_int, default=None)
     gen.add_argument("--width", type=positive_int, default=58)
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     anim.add_argument("--output", default="denoising.gif", help="the GIF to write (default denoising.gif)")
     add_sampling_arguments(anim, steps=32, gen_length=32)
     anim.add_argument("--seed", type=int, default=0)
+    anim.add_argument("--dllm", choices=sorted(DLLM_VERSIONS), help="embedded dLLM version (default: the newest)")
     anim.add_argument("--threads", type=positive_int, default=None)
     anim.add_argument("--quiet", action="store_true", help="no progress bars")
     exp = sub.add_parser("export", help="write the embedded stack as Hub repo folders: DIR/pipeline, reward, judge")

@@ -32,15 +32,18 @@ class EmbeddedStack:
     judge_tokenizer: Any
 
 
-def load_embedded_stack(cache_dir: str | None = None) -> EmbeddedStack:
-    """Loads (building on first use, offline) the embedded dLLM pipeline, the similarity reward and the judge."""
+def load_embedded_stack(cache_dir: str | None = None, dllm_version: str | None = None) -> EmbeddedStack:
+    """Loads (building on first use, offline) the embedded dLLM pipeline, the similarity reward and the judge.
+
+    `dllm_version` chooses the embedded diffusion LM (`"v1"` or `"v2"`; default: the newest shipped).
+    """
     from pathlib import Path
 
     from .dllm import load_embedded_dllm
     from .reward_models import load_similarity_reward_model, load_topic_judge
 
     sub = (lambda name: Path(cache_dir) / name) if cache_dir else (lambda name: None)
-    model, tokenizer = load_embedded_dllm(sub("dllm"))
+    model, tokenizer = load_embedded_dllm(sub("dllm"), version=dllm_version)
     reward_model, reward_tokenizer = load_similarity_reward_model(sub("similarity"))
     judge, judge_tokenizer = load_topic_judge(sub("judge"))
     pipe = EntRGiPipeline(model=model, tokenizer=tokenizer, scheduler=MaskedDiffusionScheduler())
