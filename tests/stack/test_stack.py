@@ -16,7 +16,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from entrgi_pipelines import bench, cli
 from entrgi_pipelines.stack import load_embedded_stack
 from entrgi_pipelines.stack.corpus import load_documents, write_jsonl
-from entrgi_pipelines.stack.dllm import DELTA_FILE, DLLM_WEIGHTS_DIR, embedded_dllm_path
+from entrgi_pipelines.stack.dllm import DELTA_FILE, DLLM_VERSIONS, embedded_dllm_path
 from entrgi_pipelines.stack.fluency import BigramLM, distinct_n, load_fluency_model
 from entrgi_pipelines.stack.minilm import load_minilm_encoder_state, load_minilm_tokenizer
 from entrgi_pipelines.stack.train_dllm import FROZEN
@@ -123,16 +123,17 @@ def test_training_from_scratch_writes_a_from_pretrained_folder(tmp_path):
     assert model.config.vocab_size == len(tokenizer) and tokenizer.mask_token == "[MASK]"
 
 
-def test_embedded_dllm_is_minilm_plus_the_shipped_delta(cache):
-    path = embedded_dllm_path()
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_embedded_dllm_is_minilm_plus_the_shipped_delta(cache, version):
+    path = embedded_dllm_path(version=version)
     model = AutoModelForMaskedLM.from_pretrained(path)
     state = model.state_dict()
-    delta = load_file(str(DLLM_WEIGHTS_DIR / DELTA_FILE))
+    delta = load_file(str(DLLM_VERSIONS[version] / DELTA_FILE))
     minilm = load_minilm_encoder_state()
     assert all(torch.equal(state[k], v.float()) for k, v in delta.items())
     assert torch.equal(state["bert.embeddings.word_embeddings.weight"], minilm["embeddings.word_embeddings.weight"])
     assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
-    assert embedded_dllm_path() == path  # cached
+    assert embedded_dllm_path(version=version) == path  # cached
 
 
 def test_embedded_stack_generates_text(cache):
