@@ -33,9 +33,9 @@ from entrgi_pipelines.stack import load_embedded_stack
 # Sized to answer within 30 s on 2 CPU cores (docs/space.md has the measurement); the sliders allow more.
 DEFAULTS = {"num_samples": 4, "steps": 32, "gen_length": 32, "guidance_steps": 3, "eta": 0.5, "seed": 0}
 EXAMPLES = [
-    ["and he said unto them", "food and eating"],
-    ["there was a", "animals and nature"],
-    ["my friend told me", "sports and games"],
+    ["Describe a quiet Sunday afternoon.", "food and eating"],
+    ["Tell me about an old bridge in a small town.", "science and nature"],
+    ["Write a few sentences about a long road trip.", "sports and games"],
 ]
 # One request at a time: the pipeline keeps per-call state (the scheduler's step) and one call already uses every
 # core; further requests wait in the queue.
@@ -93,7 +93,7 @@ def generate(
 with gr.Blocks(title="EntRGi: reward-guided diffusion LM", delete_cache=(600, 3600)) as demo:
     gr.Markdown(
         "# EntRGi: entropy-aware reward guidance for a diffusion language model\n"
-        "A small masked diffusion LM continues the **prompt**; a MiniLM similarity reward steers every denoising "
+        "A small masked diffusion LM answers the **prompt**; a MiniLM similarity reward steers every denoising "
         "step toward the **target** description. Left: the best of K unguided samples (Best-of-N). Right: the best "
         "of K guided samples, same seed. The judge is a held-out topic classifier, never used for guidance."
     )

@@ -168,14 +168,15 @@ def test_browser_types_a_prompt_and_sees_both_outputs(space_url, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(space_url)
-            page.locator("#prompt textarea").fill("there was a")
-            page.locator("#target textarea").fill("animals and nature")
-            for elem_id, value in (("num_samples", 2), ("steps", 4), ("gen_length", 12), ("guidance_steps", 1)):
+            page.locator("#prompt textarea").fill("Describe a quiet Sunday afternoon.")
+            page.locator("#target textarea").fill("food and eating")
+            for elem_id, value in (("num_samples", 2), ("steps", 8), ("gen_length", 16), ("guidance_steps", 1)):
                 set_slider(page, elem_id, value)
             page.locator("#generate").click()
             for side in ("unguided", "guided"):
                 sync_api.expect(page.locator(f"#{side} textarea")).to_have_value(
-                    re.compile(r"^reward [+-]\d\.\d{4} · judge .*\n\nthere was a \S"), timeout=120_000
+                    re.compile(r"^reward [+-]\d\.\d{4} · judge .*\n\nDescribe a quiet Sunday afternoon\. \S"),
+                    timeout=120_000,
                 )
             sync_api.expect(page.locator("#animation img")).to_have_attribute("src", re.compile(r"\.gif"))
             sync_api.expect(page.locator("#samples")).to_contain_text("Best-of-N (unguided)")
