@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from diffusers.callbacks import PipelineCallback
 
+from ..schedulers.scheduling_masked_diffusion import Workspace
 from ..validation import check_integer, check_number
 from .entrgi import GUIDANCE_METHODS, entrgi_embeddings, optimize_logits
 from .rewards import RewardTerm, as_differentiable_reward, visible_before_eos
@@ -16,6 +17,21 @@ from .templates import RewardTemplate
 from .vocab import UNMAPPED_POLICIES, VocabularyMap
 
 logger = logging.getLogger(__name__)
+
+
+class _SoftEmbeddings(torch.autograd.Function):
+    """`probs @ matrix` (the matrix without gradient) whose backward writes `d/d probs` into a workspace tensor."""
+
+    @staticmethod
+    def forward(ctx, probs: torch.Tensor, matrix: torch.Tensor, workspace: Workspace, name: str):
+        ctx.save_for_backward(probs, matrix)
+        ctx.workspace, ctx.name = workspace, name
+        return probs @ matrix
+
+    @staticmethod
+    def backward(ctx, grad_soft: torch.Tensor):
+        probs, matrix = ctx.saved_tensors
+        return torch.mm(grad_soft, matrix.T, out=ctx.workspace.get(ctx.name, probs)), None, None, None
 
 
 class RewardGuidance(PipelineCallback):
@@ -63,6 +79,8 @@ class RewardGuidance(PipelineCallback):
             `[user: {target}, assistant: {response}]` (a text pair for tokenizers without a chat template).
         prefix_cache (`bool`, *optional*): compute the keys and values of the conversation before the response once
             per call for causal reward models (default: wherever the model supports it; `False` turns it off).
+        compile (`bool`, defaults to `False`): run the vocabulary-wide part of each Adam step through `torch.compile`
+            (eager where compilation fails; see [`optimize_logits`] and `docs/performance.md` for when it pays off).
 
     Examples:
         ```py
@@ -102,6 +120,7 @@ class RewardGuidance(PipelineCallback):
         keep_trace: bool = False,
         reward_template: Any = None,
         prefix_cache: bool | None = None,
+        compile: bool = False,
     ):
         if cutoff_step_index is not None and cutoff_step_ratio == 1.0:
             cutoff_step_ratio = None  # an index alone is enough: the ratio's default must not clash with it
@@ -148,6 +167,8 @@ class RewardGuidance(PipelineCallback):
         self.reward_templates = [None if t is None else RewardTemplate.from_any(t) for t in templates]
         if prefix_cache not in (None, True, False):
             raise ValueError(f"`prefix_cache` must be True, False or None (where supported), got {prefix_cache!r}.")
+        if not isinstance(compile, bool):
+            raise TypeError(f"`compile` must be True or False, got {compile!r}.")
         # Registered by hand: the models are not configuration (diffusers' decorator misaligns positional
         # arguments when the leading ones are ignored).
         self.register_to_config(
@@ -159,11 +180,14 @@ class RewardGuidance(PipelineCallback):
             padding_side=padding_side,
             keep_trace=keep_trace,
             prefix_cache=prefix_cache,
+            compile=compile,
         )
         self.terms: list[RewardTerm] = []
         self.trace: list[dict[str, torch.Tensor]] = []
         self._call: dict[str, Any] = {}
         self._fallbacks: list[torch.Tensor] = []  # per guided step: how many samples fell back (on device)
+        # On CPU, the (P, V) temporaries of the guided steps of a call (see `Workspace`); released by `finish`.
+        self._workspace: Workspace | None = None
 
     @property
     def vocab_coverage(self) -> list[float]:
@@ -206,20 +230,31 @@ class RewardGuidance(PipelineCallback):
         probs: torch.Tensor,
         hard: torch.LongTensor,
         weight: torch.Tensor,
+        index: tuple[torch.LongTensor, torch.LongTensor] | None = None,
     ) -> torch.Tensor:
-        """`(N, L, D)` reward-model input of the response: committed tokens as they are, masked ones mixed."""
-        matrix = term.dllm_embedding_matrix()
-        soft = probs.to(matrix.dtype) @ matrix
-        mixed = entrgi_embeddings(soft, matrix[hard], weight)
-        return matrix[tokens].masked_scatter(masked[..., None], mixed)
+        """`(N, L, D)` reward-model input of the response: committed tokens as they are, masked ones mixed.
 
-    def guided_reward(self, tokens, masked, probs, hard, weight) -> torch.Tensor:
-        """Summed reward `(N,)` of the responses whose masked positions are fed as EntRGi embeddings."""
+        `index` (`masked.nonzero(as_tuple=True)`, when the caller has it) places the mixed rows without a boolean
+        scatter, whose backward selects by the mask: a host synchronisation on CUDA at every Adam step.
+        """
+        matrix = term.dllm_embedding_matrix()
+        if self._workspace is not None and index is not None and probs.dtype == matrix.dtype:
+            soft = _SoftEmbeddings.apply(probs, matrix, self._workspace, f"grad_probs_{id(term)}")
+        else:
+            soft = probs.to(matrix.dtype) @ matrix
+        mixed = entrgi_embeddings(soft, matrix[hard], weight)
+        if index is None:
+            return matrix[tokens].masked_scatter(masked[..., None], mixed)
+        return matrix[tokens].index_put(index, mixed)
+
+    def guided_reward(self, tokens, masked, probs, hard, weight, index=None) -> torch.Tensor:
+        """Summed reward `(N,)` of the responses whose masked positions are fed as EntRGi embeddings (`index`: see
+        `response_embeddings`)."""
         sampled = tokens.masked_scatter(masked, hard)
         visible = visible_before_eos(sampled, self._call["eos_token_id"])
         total = 0.0
         for term in self.terms:
-            embeds = self.response_embeddings(term, tokens, masked, probs, hard, weight)
+            embeds = self.response_embeddings(term, tokens, masked, probs, hard, weight, index)
             total = total + term.weight * term.reward(embeds, visible.to(embeds.device)).to(probs.device)
         if self.config.keep_trace:
             self.trace.append({"tokens": sampled, "reward": total.detach(), "weight": weight.detach().reshape(-1)})
@@ -235,12 +270,13 @@ class RewardGuidance(PipelineCallback):
             return callback_kwargs
         logits, tokens = callback_kwargs["logits"], callback_kwargs["response_tokens"]
         masked = tokens == self._call["mask_token_id"]
-        if not masked.any():
+        # The one host sync of a guided step (it sizes the masked rows); `rows` groups the positions of each sample.
+        rows, columns = masked.nonzero(as_tuple=True)
+        if rows.numel() == 0:
             return callback_kwargs
-        rows, columns = masked.nonzero(as_tuple=True)  # `rows` groups the positions of each sample
         phi, fallback = optimize_logits(
             logits[rows, columns],
-            lambda probs, hard, weight: self.guided_reward(tokens, masked, probs, hard, weight),
+            lambda probs, hard, weight: self.guided_reward(tokens, masked, probs, hard, weight, (rows, columns)),
             method=self.config.guidance,
             num_steps=self.config.guidance_steps,
             lr=self.config.guidance_lr,
@@ -250,11 +286,23 @@ class RewardGuidance(PipelineCallback):
             generator=self._call["generator"],
             row_groups=rows,
             return_fallback=True,
+            compile=self.config.compile,
+            workspace=self._step_workspace(logits.device),
         )
         per_sample = torch.zeros_like(masked[:, 0], dtype=torch.int).index_add_(0, rows, fallback.int())
         self._fallbacks.append((per_sample > 0).sum())
-        callback_kwargs["logits"] = logits.masked_scatter(masked[..., None], phi)
+        # Rows by index: a mask broadcast over the vocabulary would cost a prefix sum over all N * L * V entries.
+        callback_kwargs["logits"] = logits.index_put((rows, columns), phi)
         return callback_kwargs
+
+    def _step_workspace(self, device: torch.device) -> Workspace | None:
+        """The call's workspace on CPU, where a new (P, V) tensor costs page faults; None on accelerators, whose
+        caching allocators reuse memory anyway (a workspace would only hold it longer)."""
+        if device.type != "cpu":
+            return None
+        if self._workspace is None:
+            self._workspace = Workspace()
+        return self._workspace
 
     def finish(self) -> tuple[int, int]:
         """Ends a pipeline call: `(steps, samples)` at which guidance fell back to the model's logits, warned once.
@@ -264,6 +312,7 @@ class RewardGuidance(PipelineCallback):
         """
         counts = torch.stack(self._fallbacks).cpu() if self._fallbacks else torch.zeros(0, dtype=torch.long)
         self._fallbacks = []
+        self._workspace = None
         steps, samples = int((counts > 0).sum()), int(counts.sum())
         if steps:
             logger.warning(

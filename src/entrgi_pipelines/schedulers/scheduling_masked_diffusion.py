@@ -39,19 +39,77 @@ class MaskedDiffusionSchedulerOutput(BaseOutput):
     confidence: torch.Tensor
 
 
-# The nucleus boundary is found on a histogram of log-probabilities (bins of 40 / 4096 nats, about 1% in
+# The nucleus boundary is found on a histogram of log-probabilities (bins of 40 / 4095 nats, about 1% in
 # probability) instead of a full sort of the vocabulary, which costs several times more on CPU.
 _TOP_P_BINS, _TOP_P_SPAN = 4096, 40.0
+_BINS_PER_NAT = (_TOP_P_BINS - 1) / _TOP_P_SPAN
+_TAIL_BINS = 64
+
+
+def _nucleus_bins(vocab_size: int, top_p: float) -> int:
+    """Histogram bins that resolve the nucleus: a token less probable than `(1 - top_p) / V` is never in it (all
+    such tokens together hold less than `1 - top_p`), so every token from there on can share the last bin."""
+    span = min(_TOP_P_SPAN, math.log(vocab_size / (1.0 - top_p)))
+    return min(_TOP_P_BINS, math.ceil(span * _BINS_PER_NAT) + 1)
+
+
+class Workspace:
+    """Tensors handed out by name and handed out again (their leading rows) while they are large enough: for loops
+    that repeat the same vocabulary-wide work on as many or fewer rows (the Adam steps of a guidance step, and the
+    guided steps of a call, whose masked rows only decrease).
+
+    On CPU a new large tensor costs page faults (glibc maps a fresh block for it and unmaps it when it is freed), which
+    cost more than the arithmetic of a pass over it; with a workspace only the first pass of a loop pays them.
+    """
+
+    def __init__(self):
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """An uninitialised tensor of `like`'s shape (and `dtype`, by default `like`'s), contiguous."""
+        dtype = like.dtype if dtype is None else dtype
+        tensor = self._tensors.get(name)
+        if (
+            tensor is None
+            or tensor.dim() != like.dim()
+            or tensor.shape[1:] != like.shape[1:]
+            or tensor.shape[0] < like.shape[0]
+            or tensor.dtype != dtype
+            or tensor.device != like.device
+        ):
+            tensor = self._tensors[name] = torch.empty(like.shape, dtype=dtype, device=like.device)
+        return tensor[: like.shape[0]]
+
+
+def _new(workspace: Workspace | None, name: str, like: torch.Tensor, dtype: torch.dtype | None = None):
+    if workspace is None:
+        return torch.empty_like(like, dtype=dtype)
+    return workspace.get(name, like, dtype)
+
+
+def _nucleus_position(log_probs: torch.Tensor, probs: torch.Tensor, top_p: float, workspace: Workspace | None = None):
+    """`(position, kept_bins)`: each token's histogram position (float, bin = its floor; a new tensor, or the
+    workspace's, that the caller may overwrite) and, per row, how many leading bins are in the nucleus. A token is
+    kept iff `position < kept_bins`."""
+    bins, vocab_size = _nucleus_bins(log_probs.shape[-1], top_p), log_probs.shape[-1]
+    # bin 0 holds the most probable tokens. Tokens past the span (never in the nucleus) go to _TAIL_BINS trailing bins
+    # by column rather than to one: a scatter-add into a single bin is a chain of dependent writes, several times
+    # slower on CPU. In place on the one temporary: on CPU every new (P, V) tensor costs page faults.
+    position = torch.mul(log_probs, -_BINS_PER_NAT, out=_new(workspace, "position", log_probs))
+    tail = torch.arange(vocab_size, device=position.device, dtype=position.dtype).remainder_(_TAIL_BINS)
+    torch.minimum(position, tail.add_(bins - 1), out=position)
+    position.nan_to_num_(nan=bins - 1.0)  # a NaN never becomes an out-of-range index: it joins the tail
+    key = _new(workspace, "key", position, torch.long).copy_(position)  # truncation, as `.long()`
+    mass = probs.new_zeros(*position.shape[:-1], bins - 1 + _TAIL_BINS).scatter_add_(-1, key, probs)
+    # A bin is kept while the mass of the strictly more probable bins (the previous cumulative sum, which never
+    # decreases, so the kept bins are a prefix) is below top_p; bin 0 always is.
+    return position, (mass.cumsum(-1) < top_p).sum(-1, keepdim=True) + 1
 
 
 def _nucleus(log_probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Mask of the tokens outside the top-p nucleus, from log-probabilities (see `filter_logits`)."""
-    # bin 0 holds the most probable tokens; everything below exp(-40) shares the last bin
-    # (fmin, unlike clamp, sends NaN to the last bin: a NaN never becomes an out-of-range index)
-    key = (torch.fmin(-log_probs, log_probs.new_tensor(_TOP_P_SPAN)) * ((_TOP_P_BINS - 1) / _TOP_P_SPAN)).long()
-    mass = log_probs.new_zeros(*key.shape[:-1], _TOP_P_BINS).scatter_add_(-1, key, log_probs.exp())
-    before = mass.cumsum(-1) - mass  # mass of the strictly more probable bins
-    return (before >= top_p).gather(-1, key)
+    position, kept_bins = _nucleus_position(log_probs, log_probs.exp(), top_p)
+    return position >= kept_bins
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -67,6 +125,16 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     if top_p is not None and top_p < 1.0:
         logits = logits.masked_fill(_nucleus(logits.float().log_softmax(-1), top_p), float("-inf"))
     return logits
+
+
+def entropy_(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy of each row of `log_probs` (natural log), computed in place: `log_probs` is overwritten.
+
+    One temporary instead of four (on CPU every new `(P, V)` tensor costs page faults). `0 * log 0` counts as 0; a
+    NaN stays NaN.
+    """
+    probs = log_probs.exp()
+    return -probs.mul_(log_probs.clamp_(min=torch.finfo(log_probs.dtype).min)).sum(-1)
 
 
 def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -97,10 +165,31 @@ def sample_tokens(
     if top_k is not None and top_k < logits.shape[-1]:
         logits = filter_logits(logits, top_k=top_k)
     log_probs = logits.float().log_softmax(-1)
-    probs = log_probs.exp()
-    if top_p is not None and top_p < 1.0:
-        probs = probs.masked_fill(_nucleus(log_probs, top_p), 0.0)
-    return _invert_cdf(probs.cumsum(-1), generator)
+    return sample_from_log_probs(log_probs, log_probs.exp(), top_p, generator)
+
+
+def sample_from_log_probs(
+    log_probs: torch.Tensor, probs: torch.Tensor, top_p: float | None = None, generator=None
+) -> torch.LongTensor:
+    """One sample per row from `probs = log_probs.exp()` restricted to its top-p nucleus (the same draws as
+    `sample_tokens` on the logits): for callers that already hold both, so that no vocabulary pass is repeated.
+    Neither input is modified."""
+    return _invert_cdf(nucleus_cdf(log_probs, probs, top_p), generator)
+
+
+def nucleus_cdf(
+    log_probs: torch.Tensor, probs: torch.Tensor, top_p: float | None = None, workspace: Workspace | None = None
+) -> torch.Tensor:
+    """The cumulative sum of `probs = log_probs.exp()` over its top-p nucleus (zero mass outside it), a new tensor (or
+    the `workspace`'s); its last entry is the nucleus' mass. Random-free, so that it can be compiled; `_invert_cdf`
+    draws from it."""
+    if top_p is None or top_p >= 1.0:
+        return torch.cumsum(probs, -1, out=_new(workspace, "position", probs))
+    position, kept_bins = _nucleus_position(log_probs, probs, top_p, workspace)
+    # the nucleus' probabilities, then their CDF, written over `position` (no new (P, V) tensor)
+    kept = torch.lt(position, kept_bins, out=_new(workspace, "kept", position, torch.bool))
+    torch.where(kept, probs, probs.new_zeros(()), out=position)
+    return position.cumsum_(-1)
 
 
 class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
@@ -205,8 +294,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             return _uniform(tokens.shape, generator, logits.device)
         log_probs = logits.float().log_softmax(-1)
         if rule == "entropy":
-            probs = log_probs.exp()
-            return (probs * log_probs.masked_fill(probs == 0, 0.0)).sum(-1)
+            return -entropy_(log_probs)
         if rule == "topk_margin":
             top2 = log_probs.topk(2, dim=-1).values.exp()
             return top2[:, 0] - top2[:, 1]
@@ -266,7 +354,8 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
         masked = sample == mask_token_id
         # Vocabulary-wide work touches masked rows only. The mask token itself is never a candidate.
-        logits = model_output[masked].float() / temperature
+        # (boolean indexing copies: dividing that copy in place saves a (P, V) tensor)
+        logits = model_output[masked].float().div_(temperature)
         logits[:, mask_token_id] = float("-inf")
         # One sync per step: a row without a distribution (NaN, +inf, or nothing but -inf) cannot be sampled.
         invalid = int((~logits.amax(-1).isfinite()).sum()) if logits.numel() else 0
@@ -277,7 +366,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
                 "the logits."
             )
         tokens = sample_tokens(logits, top_k=top_k, top_p=top_p, generator=generator)
-        source = logits if confidence_logits is None else confidence_logits[masked].float() / temperature
+        source = logits if confidence_logits is None else confidence_logits[masked].float().div_(temperature)
         row_confidence = self._confidence(source, tokens, masked, generator)
 
         sampled = sample.masked_scatter(masked, tokens)
