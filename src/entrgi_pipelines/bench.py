@@ -12,11 +12,17 @@ of mean Top@1 per method.
 Example (the embedded offline stack, a couple of minutes on 2 cores)::
 
     entrgi-bench --methods none entrgi --num-prompts 12 --seeds 0 1 --output bench.json
+
+Across processes, ``accelerate launch --num_processes N -m entrgi_pipelines.bench ...`` (``--cpu`` for CPU processes)
+splits the batches of every (method, seed) between the processes and gathers every record, in prompt order, into the
+main process's output. Each batch draws from its own generator (:func:`batch_generator`), so the records do not depend
+on N.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -24,6 +30,8 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .checkpoint import BenchCheckpoint, write_json_atomic, write_text_atomic
@@ -284,25 +292,34 @@ def run(args) -> dict:
     all_targets = [row.get("target") or row["prompt"] for row in read_prompts(args.prompts, None)]
     lm_judges = load_smollm_judges(candidates=default_topic_descriptions() + all_targets)
     reward_name = getattr(args, "reward", "similarity")  # the held-out topic judge is the other one
-    batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
-    records = []
-    progress = tqdm(total=len(args.methods) * len(args.seeds) * len(prompts), desc="entrgi-bench", unit="prompt")
+    starts = list(range(0, len(prompts), args.batch_size))  # each batch: prompts[start : start + batch_size]
+    records, order = [], []  # `order`: (method, seed, prompt) positions, to merge the processes' records
+    state = PartialState()  # one process, or those of `accelerate launch`: each runs its share of the batches
+    progress = tqdm(
+        total=len(args.methods) * len(args.seeds) * len(prompts),
+        desc="entrgi-bench",
+        unit="prompt",
+        disable=not state.is_main_process,
+    )
     config = bench_config(args)
-    # Saved after every batch. With --resume, the (method, seed) runs already in the output file are skipped; their
-    # batches share one generator, so a run stopped part-way through is redone from its first batch.
+    # Saved after every batch; with --resume, batches already in the output file are skipped.
     checkpoint = BenchCheckpoint(args.output, config, getattr(args, "resume", False))
-    for method in args.methods:
-        for seed in args.seeds:
-            saved = checkpoint.finished(
-                (method, seed, row["prompt"], row.get("target") or row["prompt"]) for row in prompts
-            )
-            if saved is not None:
-                records.extend(saved)
-                progress.update(len(prompts))
-                continue
-            generator = torch.Generator().manual_seed(seed)
-            for batch in batches:
+    if not state.is_main_process:
+        checkpoint.path = None  # every process reads the saved records; only the main one writes its own
+    for method_index, method in enumerate(args.methods):
+        for seed_index, seed in enumerate(args.seeds):
+            with state.split_between_processes(starts) as my_starts:
+                batches = [(start, prompts[start : start + args.batch_size]) for start in my_starts]
+            for batch_start, batch in batches:
+                positions = [(method_index, seed_index, batch_start + i) for i in range(len(batch))]
                 targets = [row.get("target") or row["prompt"] for row in batch]
+                saved = checkpoint.finished((method, seed, row["prompt"], t) for row, t in zip(batch, targets))
+                if saved is not None:
+                    records.extend(saved)
+                    order.extend(positions)
+                    progress.update(len(batch))
+                    continue
+                generator = batch_generator(seed, batch_start)
                 start = time.perf_counter()
                 out = guided_samples(
                     pipe,
@@ -346,12 +363,29 @@ def run(args) -> dict:
                             "judge_seconds": judge_seconds,
                         }
                     )
+                order.extend(positions)
                 progress.update(len(batch))
                 done = [m for m in args.methods if any(r["method"] == m for r in records)]
                 checkpoint.save({"config": config, "summary": summarise(records, done), "records": records})
     progress.close()
+    if state.num_processes > 1:
+        gathered = gather_object(list(zip(order, records)))
+        records = [record for _, record in sorted(gathered, key=lambda pair: tuple(pair[0]))]
     summary = summarise(records, args.methods)
     return {"config": config, "summary": summary, "records": records}
+
+
+def batch_generator(seed: int, start: int) -> torch.Generator:
+    """The random generator of the batch that starts at prompt `start`: seeded with `seed` for the first batch (a
+    run in one batch draws as it always did) and with a seed derived from `(seed, start)` for the others.
+
+    Every batch draws from its own generator, so its records depend on the seed and on the batch alone: the same
+    whether the batches run in one process, in several (`accelerate launch`), or in a resumed run.
+    """
+    if start == 0:
+        return torch.Generator().manual_seed(seed)
+    digest = hashlib.sha256(f"{seed}:{start}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def bench_config(args) -> dict:
@@ -380,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_args(parser, args)
     result = run(args)
+    if not PartialState().is_main_process:  # the main process writes the gathered records
+        return
     table = markdown_table(result["summary"])
     print(table)
     if args.output:
