@@ -38,6 +38,7 @@ from .checkpoint import BenchCheckpoint, write_json_atomic, write_text_atomic
 from .guidance.entrgi import GUIDANCE_METHODS
 from .validation import (
     StrictArgumentParser,
+    dllm_choice,
     existing_file,
     exit_on_bad_input,
     model_folder,
@@ -48,16 +49,17 @@ from .validation import (
     read_jsonl,
 )
 
-DEFAULT_PROMPTS = "data/prompts.jsonl"
+# The bundled prompts per embedded dLLM version: v1 continues King-James-style text, v2 answers requests.
+DEFAULT_PROMPTS = {"v1": "data/prompts.jsonl", "v2": "data/prompts_v2.jsonl"}
 
 
-def read_prompts(path: str | None, num_prompts: int | None) -> list[dict]:
-    text = (
-        Path(path).read_text()
-        if path
-        else resources.files("entrgi_pipelines.stack").joinpath(DEFAULT_PROMPTS).read_text()
-    )
-    rows = read_jsonl(path or DEFAULT_PROMPTS, text)
+def read_prompts(path: str | None, num_prompts: int | None, dllm: str | None = None) -> list[dict]:
+    """The prompts of `path`, or the bundled ones for the embedded dLLM version `dllm` (default: the newest)."""
+    from .stack.dllm import default_dllm_version
+
+    bundled = DEFAULT_PROMPTS.get(dllm or "", DEFAULT_PROMPTS[default_dllm_version()])
+    text = Path(path).read_text() if path else resources.files("entrgi_pipelines.stack").joinpath(bundled).read_text()
+    rows = read_jsonl(path or bundled, text)
     for i, row in enumerate(rows):
         if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise ValueError(f"--prompts line {i + 1} has no non-empty 'prompt' string: {row}")
@@ -233,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Defaults sized for 12 prompts x 2 seeds x 2 methods in about 3 minutes on 2 CPU cores; docs/results.md uses
     # T = L = 32.
     add_sampling_arguments(parser, steps=16, gen_length=16)
-    parser.add_argument("--dllm", type=model_folder, help="diffusion LM folder (default: the embedded dLLM)")
+    parser.add_argument(
+        "--dllm",
+        type=dllm_choice,
+        help="embedded dLLM version (v1, v2) or a diffusion LM folder (default: the newest embedded version)",
+    )
     add_reward_argument(parser)
     parser.add_argument(
         "--reward-model", type=model_folder, help="reward model folder to guide with (default: embedded similarity)"
@@ -259,14 +265,17 @@ def load_components(args):
     from .pipelines.entrgi import EntRGiPipeline
     from .schedulers import MaskedDiffusionScheduler
     from .stack import reward_models as stack_rewards  # registers the MiniLM pair models with the Auto classes
-    from .stack.dllm import load_embedded_dllm
+    from .stack.dllm import DLLM_VERSIONS, load_embedded_dllm
 
     def hf(path, cls):
         # safetensors only, and never code from the folder (trust_remote_code=False: no interactive prompt either)
         model = cls.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
         return model.eval(), AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
-    model, tokenizer = hf(args.dllm, AutoModelForMaskedLM) if args.dllm else load_embedded_dllm()
+    if args.dllm is None or args.dllm in DLLM_VERSIONS:
+        model, tokenizer = load_embedded_dllm(version=args.dllm)
+    else:
+        model, tokenizer = hf(args.dllm, AutoModelForMaskedLM)
     reward = (
         hf(args.reward_model, AutoModelForSequenceClassification)
         if args.reward_model
@@ -284,12 +293,12 @@ def run(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompts = read_prompts(args.prompts, args.num_prompts)
+    prompts = read_prompts(args.prompts, args.num_prompts, args.dllm)
     pipe, (reward_model, reward_tokenizer), (judge, judge_tokenizer) = load_components(args)
     fluency = load_fluency_model(judge_tokenizer)
     # The LM topic judge chooses among the 10 benchmark topics and every target of the prompt file (all its lines,
     # so that the candidates do not depend on --num-prompts).
-    all_targets = [row.get("target") or row["prompt"] for row in read_prompts(args.prompts, None)]
+    all_targets = [row.get("target") or row["prompt"] for row in read_prompts(args.prompts, None, args.dllm)]
     lm_judges = load_smollm_judges(candidates=default_topic_descriptions() + all_targets)
     reward_name = getattr(args, "reward", "similarity")  # the held-out topic judge is the other one
     starts = list(range(0, len(prompts), args.batch_size))  # each batch: prompts[start : start + batch_size]
@@ -419,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(result["summary"])
     print(table)
     if args.output:
-        write_json_atomic(args.output, result)  # the complete run (no longer marked partial)
+        write_json_atomic(args.output, result)  # the complete run, without the resume progress
     if args.markdown:
         write_text_atomic(args.markdown, table + "\n")
     print(json.dumps({"top1": {m: s["top1"] for m, s in result["summary"].items()}}))
