@@ -13,6 +13,16 @@ from entrgi_pipelines.testing import (
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module: tiny models and SmolLM2 run fastest so, and on a busy shared machine two
+    threads spin-wait at every layer (up to 100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny_wordpiece_tokenizer()

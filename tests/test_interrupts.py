@@ -19,13 +19,7 @@ from .conftest import get_dummy_components
 CALL = dict(gen_length=6, num_inference_steps=3, num_samples_per_prompt=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not stall when the machine's cores are busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh_pipe(tokenizer):

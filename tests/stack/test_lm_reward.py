@@ -23,13 +23,7 @@ PASSAGES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """SmolLM2 runs on one thread here: on a busy shared machine two threads spin-wait at every layer (100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
