@@ -29,8 +29,15 @@ def main():
         "tau",
         "top_p",
     )
+    # Settings that older outputs lack take the value they then had.
+    defaults = {"reward": "similarity", "dllm": None, "batch_size": 16}
+    keys += tuple(defaults)
+
+    def setting(run, key):
+        return run["config"].get(key, defaults.get(key))
+
     for run in runs[1:]:
-        differing = [k for k in keys if run["config"][k] != runs[0]["config"][k]]
+        differing = [k for k in keys if setting(run, k) != setting(runs[0], k)]
         if differing:
             raise ValueError(f"Runs differ in {differing}: only runs of the same settings can be merged.")
     order = ["none", "expectation", "aps", "entrgi"]

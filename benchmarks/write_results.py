@@ -1,7 +1,11 @@
 """Renders the measured sections of docs/results.md from `entrgi-bench` JSON files (no number is typed by hand).
 
     PYTHONPATH=src python benchmarks/write_results.py runs/results/results.json [--sweep eta_sweep.json] \
-        > docs/results_measured.md
+        [--level 3] > docs/results_measured.md
+    PYTHONPATH=src python benchmarks/write_results.py --shared lm.json similarity.json   # both rewards, shared pairs
+
+`--shared` renders one table of several runs (e.g. one per guidance reward) restricted to the (prompt, target, seed)
+triples that all of them hold, so that every row is measured on the same prompts and seeds.
 """
 
 import argparse
@@ -9,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from entrgi_pipelines.bench import JUDGE_NAMES, markdown_table, mean_ci
+from entrgi_pipelines.bench import JUDGE_NAMES, markdown_table, mean_ci, summarise
 
 
 def paired(records, a: str, b: str, key: str) -> tuple[float, float, float]:
@@ -32,11 +36,47 @@ def perplexity_cell(value: float | None) -> str:
     return "—" if value is None or value != value else f"{value:.1f}"
 
 
+def shared_table(files: list[str]) -> str:
+    """One row per (run, method) over the (prompt, target, seed) triples every run holds."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    common = set.intersection(*({(r["prompt"], r["target"], r["seed"]) for r in run["records"]} for run in runs))
+    if not common:
+        raise ValueError("--shared: the runs share no (prompt, target, seed)")
+    lines = [
+        "| reward | method | n | Top@1 reward | LM judge (best) | MiniLM judge (best) | SmolLM2 perplexity (best) "
+        "| bigram perplexity (best) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        reward = run["config"].get("reward", "similarity")
+        rows = [r for r in run["records"] if (r["prompt"], r["target"], r["seed"]) in common]
+        for method, s in summarise(rows, list(run["summary"])).items():
+            lines.append(
+                f"| {reward} | {method} | {s['n']} | {s['top1']:.4f} ± {s['top1_ci']:.4f} | "
+                f"{s['judge_lm']:.3f} ± {s['judge_lm_ci']:.3f} | "
+                f"{s['judge_minilm']:.3f} ± {s['judge_minilm_ci']:.3f} | "
+                f"{s['perplexity_smollm']:.1f} | {s['perplexity']:.1f} |"
+            )
+    prompts = len({(p, t) for p, t, _ in common})
+    seeds = sorted({seed for _, _, seed in common})
+    return (
+        "\n".join(lines) + f"\n\n{prompts} prompts x seeds {seeds} (n = {len(common)} per row), the same for every row."
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(allow_abbrev=False)
-    parser.add_argument("results")
+    parser.add_argument("results", nargs="?")
     parser.add_argument("--sweep")
+    parser.add_argument("--level", type=int, default=2, help="markdown heading level of the sections")
+    parser.add_argument("--shared", nargs="+", metavar="BENCH_JSON", help="only the table of these runs' shared pairs")
     args = parser.parse_args()
+    if args.shared:
+        print(shared_table(args.shared))
+        return
+    if args.results is None:
+        parser.error("give a results JSON (or --shared FILES)")
+    h = "#" * args.level
     run = json.loads(Path(args.results).read_text())
     records, methods, config = run["records"], list(run["summary"]), run["config"]
     for r in records:
@@ -44,7 +84,7 @@ def main():
         # Runs before the SmolLM2 judges have no SmolLM2 perplexity: their ratio column shows "—".
         r["log_perplexity_smollm"] = math.log(r.get("perplexity_smollm", math.nan))
     held_out = JUDGE_NAMES[next(iter(run["summary"].values())).get("held_out_judge", "minilm")]
-    out = ["## Table", "", markdown_table(run["summary"]), ""]
+    out = [f"{h} Table", "", markdown_table(run["summary"]), ""]
     out.append(
         f"{config['num_prompts']} prompts; n = prompts x seeds run for each method (seeds "
         f"{config['seeds']}), K={config['num_samples']}, T={config['steps']}, L={config['gen_length']}, "
@@ -55,7 +95,7 @@ def main():
     )
     out += [
         "",
-        "## Paired differences (same prompt, same seed)",
+        f"{h} Paired differences (same prompt, same seed)",
         "",
         f"| comparison | Top@1 difference | Top@1: share of pairs won | {held_out} difference | bigram perplexity "
         "ratio | SmolLM2 perplexity ratio |",
@@ -78,7 +118,7 @@ def main():
         "\nPerplexity ratio: geometric mean over pairs of the best samples' perplexities, a over b, with its 95%"
         " interval (above 1: a's best sample is less fluent)."
     )
-    out += ["", "## Ten unguided prompted samples (seed 0, first sample of each prompt)", ""]
+    out += ["", f"{h} Ten unguided prompted samples (seed {config['seeds'][0]}, first sample of each prompt)", ""]
     seen = set()
     for r in records:
         if r["method"] == "none" and r["seed"] == config["seeds"][0] and r["prompt"] not in seen and len(seen) < 10:
@@ -86,18 +126,17 @@ def main():
             out.append(f"- **{r['prompt']}** … {r['texts'][0]}")
     out += [
         "",
-        "## Best samples side by side (seed 0)",
+        f"{h} Best samples side by side (seed {config['seeds'][0]})",
         "",
         "| prompt → target | " + " | ".join(methods) + " |",
         "|---|" + "---|" * len(methods),
     ]
-    for i in (0, 5, 13, 22, 30):
+    pairs = list(dict.fromkeys((r["prompt"], r["target"]) for r in records if r["seed"] == config["seeds"][0]))
+    for prompt, target in pairs[:: max(1, math.ceil(len(pairs) / 5))]:  # five, spread over the prompt file
         prompt_records = {
             r["method"]: r
             for r in records
-            if r["seed"] == config["seeds"][0]
-            and r["prompt"] == records[i]["prompt"]
-            and r["target"] == records[i]["target"]
+            if r["seed"] == config["seeds"][0] and r["prompt"] == prompt and r["target"] == target
         }
         cells = [
             f"{prompt_records[m]['best']} *(r={prompt_records[m]['top1']:.3f}, judge="
@@ -105,13 +144,13 @@ def main():
             for m in methods
             if m in prompt_records
         ]
-        out.append(f"| {records[i]['prompt']} → {records[i]['target']} | " + " | ".join(cells) + " |")
+        out.append(f"| {prompt} → {target} | " + " | ".join(cells) + " |")
     if args.sweep:
         sweep = json.loads(Path(args.sweep).read_text())
         c = sweep["config"]
         out += [
             "",
-            "## Eta sweep",
+            f"{h} Eta sweep",
             "",
             f"{c['num_prompts']} prompts x seeds {c['seeds']} (n = {c['num_prompts'] * len(c['seeds'])} per point), "
             f"T={c['steps']}, L={c['gen_length']}, other settings as above; one `entrgi-bench` run per point.",
