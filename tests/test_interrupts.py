@@ -230,3 +230,42 @@ def test_a_killed_bench_run_resumes_where_it_stopped_and_matches_a_full_run(tiny
     assert calls == []
     assert comparable(json.loads((folder / "run.json").read_text())["records"]) == comparable(full["records"])
     capsys.readouterr()
+
+
+def test_a_resumed_run_extends_to_more_prompts_seeds_and_methods_as_a_fresh_run_would(tiny_bench, monkeypatch, capsys):
+    folder, argv = tiny_bench
+
+    def with_settings(prompts: str, seeds: list[str], methods: list[str]) -> list[str]:
+        changed = list(argv)
+        changed[changed.index("--num-prompts") + 1] = prompts
+        seeds_at, methods_at = changed.index("--seeds"), changed.index("--methods")
+        changed[seeds_at : seeds_at + 3] = ["--seeds", *seeds]
+        changed[methods_at : methods_at + 3] = ["--methods", *methods]
+        return changed
+
+    bench.main(argv + ["--output", str(folder / "full.json")])
+    full = json.loads((folder / "full.json").read_text())
+    # 1 prompt x seed 0 x none saved; the full run adds prompts 2-3 (a new batch and a refilled one), seed 1, entrgi
+    bench.main(with_settings("1", ["0"], ["none"]) + ["--output", str(folder / "run.json")])
+    calls = []
+    real = bench.guided_samples
+
+    def counted(*args, **kwargs):
+        calls.append((args[5], len(args[3])))  # (method, prompts in the batch)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "guided_samples", counted)
+    bench.main(argv + ["--output", str(folder / "run.json"), "--resume"])
+    extended = json.loads((folder / "run.json").read_text())
+    assert comparable(extended["records"]) == comparable(full["records"])
+    assert extended["config"] == full["config"]
+    # (none, seed 0): its first batch of two prompts held one saved record, so it ran again whole; nothing else saved
+    assert len(calls) == 2 * 2 * 2
+
+    calls.clear()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(with_settings("3", ["0"], ["none", "entrgi"]) + ["--output", str(folder / "run.json"), "--resume"])
+    assert exit_info.value.code == 2 and calls == []
+    assert "holds more than this run covers (seeds=[0, 1])" in capsys.readouterr().err
+    assert json.loads((folder / "run.json").read_text()) == extended  # the refused run changed nothing

@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="keep the records already in --output and run only the rest (same settings; see checkpoint.py)",
+        help="keep the records already in --output and run only the rest (same settings, or more prompts, seeds or "
+        "methods: see checkpoint.py)",
     )
     parser.add_argument("--output", help="write every sample and the summary to this JSON file")
     parser.add_argument("--markdown", help="also write the table to this file")

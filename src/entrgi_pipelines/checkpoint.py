@@ -5,6 +5,11 @@ a killed run leaves either the previous complete file or a newer one, never a tr
 unfinished the file says `"partial": true`. `--resume` keeps the records already there (keyed by method, seed,
 prompt and target) and skips the work they cover (`bench.run` says in which units, so that the records a resumed
 run adds are those an uninterrupted run would have written).
+
+A resumed run may also *extend* the saved one: more prompts (`--num-prompts`), seeds or methods, the rest of the
+settings unchanged. Every batch draws from its own generator, seeded by the seed and the batch's first prompt, so
+the saved batches are those a run of the larger settings would write and only the new ones are run (a saved last
+batch that the larger run fills up is run again, whole).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 
 # Settings that change no record: a run may be resumed with different ones.
 RESUMABLE_DIFFERENCES = ("output", "markdown", "resume", "threads")
+# Settings a resumed run may enlarge (more prompts, seeds, methods), never shrink: saved records are never dropped.
+EXTENSIBLE = ("num_prompts", "seeds", "methods")
 # The permissions a plainly written file gets (a temporary file is created private).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -77,12 +84,19 @@ class BenchCheckpoint:
         differing = sorted(
             k
             for k in set(config) | set(saved_config)
-            if k not in RESUMABLE_DIFFERENCES and config.get(k) != saved_config.get(k)
+            if k not in RESUMABLE_DIFFERENCES + EXTENSIBLE and config.get(k) != saved_config.get(k)
         )
         if differing:
             raise ValueError(
                 f"--resume: {path} was written with different settings ({', '.join(differing)}); "
                 "resume with the same settings, or write to another --output."
+            )
+        shrunk = [f"{k}={saved_config.get(k)}" for k in EXTENSIBLE if not _covers(config.get(k), saved_config.get(k))]
+        if shrunk:
+            raise ValueError(
+                f"--resume: {path} holds more than this run covers ({', '.join(shrunk)}); a resumed run may add "
+                "prompts, seeds or methods but not leave saved ones out (its output replaces the file): include "
+                "them, or write to another --output."
             )
         self.done = {record_key(r): r for r in records}
 
@@ -95,3 +109,12 @@ class BenchCheckpoint:
         """Writes the run so far (marked partial) after a batch."""
         if self.path is not None:
             write_json_atomic(self.path, {**result, "partial": True})
+
+
+def _covers(value, saved) -> bool:
+    """Whether a setting of the resumed run includes the saved one (a count at least as large, or a superset)."""
+    if isinstance(saved, list):
+        return isinstance(value, list) and set(saved) <= set(value)
+    if value is None or saved is None:  # num_prompts None: the whole prompt file
+        return value is None
+    return value >= saved
