@@ -1,7 +1,8 @@
 """The embedded offline stack: a small trained diffusion LM and two MiniLM reward models, loaded without a hub.
 
-- the diffusion LM: a BERT masked LM initialised from all-MiniLM-L6-v2 and trained with the MDLM objective on
-  Debian's English text (see `train_dllm.py`), shipped as a float16 delta over MiniLM's weights;
+- the diffusion LM: a BERT masked LM initialised from all-MiniLM-L6-v2 and trained with the MDLM objective, shipped
+  as a float16 delta over MiniLM's weights: v1 on Debian's English text, v2 (the default) continued from v1 on
+  SmolLM2-135M-Instruct's answers to requests (`distill.py`) with some of that text (see `train_dllm.py`);
 - the guidance reward: cosine similarity of MiniLM sentence embeddings of a target description and the response;
 - the held-out judge: a topic classifier head on MiniLM embeddings, never used for guidance;
 - the LM-judge reward (`load_lm_judge_reward`): SmolLM2-135M-Instruct's log-probability of the target description

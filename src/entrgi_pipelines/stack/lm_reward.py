@@ -37,6 +37,8 @@ LM_JUDGE_TEMPLATE = RewardTemplate(
     ],
     score="target",
 )
+"""The LM-judge reward's conversation: the response inside the user turn, the target description scored as the
+assistant's answer after "This text is about" (the wording measured best, see the module docstring)."""
 
 
 def load_lm_judge_reward(cache_dir: str | Path | None = None, template: RewardTemplate = LM_JUDGE_TEMPLATE):
