@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from entrgi_pipelines import RewardGuidance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,3 +145,26 @@ def test_rendered_page_quotes_the_measured_numbers(tmp_path, run_script):
     entrgi_vs_none = next(line for line in page.splitlines() if line.startswith("| entrgi − none"))
     assert "+1.0000 ± 0.0000" in entrgi_vs_none and "100%" in entrgi_vs_none
     assert math.isclose(json.loads(merged.read_text())["summary"]["entrgi"]["top1"], 2.0)
+
+
+def test_soft_hard_probe_changes_nothing_and_reads_zero_gap_for_aps(pipe, reward_model):
+    probe_module = runpy.run_path(str(ROOT / "benchmarks/soft_hard_gap.py"))  # not as __main__: only the definitions
+    fast = dict(gen_length=6, num_inference_steps=3, num_samples_per_prompt=2)
+    figures = {}
+    for method in ("aps", "expectation"):
+        plain = pipe(
+            ["the cat", "why"],
+            callback_on_step_end=RewardGuidance(reward_model, guidance=method, guidance_steps=2),
+            generator=torch.Generator().manual_seed(0),
+            **fast,
+        )
+        probe = probe_module["SoftHardProbe"](reward_model, guidance=method, guidance_steps=2)
+        probed = pipe(
+            ["the cat", "why"], callback_on_step_end=probe, generator=torch.Generator().manual_seed(0), **fast
+        )
+        # The extra no-gradient scoring draws nothing and changes no logit: the same samples and rewards.
+        assert torch.equal(plain.sequences, probed.sequences) and torch.equal(plain.rewards, probed.rewards)
+        figures[method] = probe_module["method_figures"](probe.pairs, 2)
+        assert figures[method]["pairs"] == 3 * 2 * 4  # denoising steps x Adam steps x rows
+    assert abs(figures["aps"]["gap"]) < 1e-6 and figures["aps"]["correlation"] > 0.999
+    assert abs(figures["expectation"]["gap"]) > 1e-4  # the expected embedding is not a sampled token's
