@@ -18,6 +18,8 @@ per method, over all (row, Adam step) pairs:
 The paper's argument is that a reward model never trained on soft inputs misjudges the expected embedding: with the
 LM-judge reward (a decoder behind a vocabulary bridge) the expectation's gap should be larger, and its transfer
 smaller, than with the MiniLM similarity reward.
+
+`--render gap_a.json gap_b.json ...` prints the markdown table of earlier outputs (docs/results.md).
 """
 
 import argparse
@@ -72,8 +74,36 @@ def method_figures(pairs: list[tuple[torch.Tensor, torch.Tensor]], guidance_step
     }
 
 
+def render(files: list[str]) -> str:
+    """One markdown row per (reward, method) of `main`'s outputs."""
+    lines = [
+        "| reward | method | pairs | guided-input reward | hard-token reward (sd) | gap | correlation | rise per "
+        "denoising step: guided input | rise: hard tokens | transfer | Top@1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in files:
+        report = json.loads(Path(f).read_text())
+        reward = report["config"]["reward"]
+        for method, m in report["methods"].items():
+            lines.append(
+                f"| {reward} | {method} | {m['pairs']} | {m['guided_reward']:.4f} | {m['hard_reward']:.4f} "
+                f"({m['hard_reward_sd']:.4f}) | {m['gap']:+.4f} ± {m['gap_ci']:.4f} | {m['correlation']:.3f} | "
+                f"{m['rise_guided']:+.4f} | {m['rise_hard']:+.4f} | {m['transfer']:.2f} | {m['top1']:.4f} |"
+            )
+    configs = [json.loads(Path(f).read_text())["config"] for f in files]
+    settings = ", ".join(
+        f"{c['reward']}: {c['num_prompts']} prompts x seeds {c['seeds']}, K={c['num_samples']}, T={c['steps']}, "
+        f"L={c['gen_length']}, M={c['guidance_steps']}, eta={c['eta']}"
+        for c in configs
+    )
+    return "\n".join(lines) + f"\n\n{settings}; pairs = (row, Adam step) pairs, gap interval 95% (normal)."
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument(
+        "--render", nargs="+", metavar="GAP_JSON", help="print the table of earlier outputs, run nothing"
+    )
     bench.add_reward_argument(parser)
     parser.add_argument("--methods", nargs="+", default=["expectation", "aps", "entrgi"])
     parser.add_argument("--num-prompts", type=int, default=4)
@@ -83,6 +113,9 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", help="JSON path for the figures")
     args = parser.parse_args()
+    if args.render:
+        print(render(args.render))
+        return
     unknown = sorted(set(args.methods) - {"expectation", "aps", "entrgi"})
     if unknown or args.guidance_steps < 2:
         parser.error("--methods: expectation, aps, entrgi (guided ones); -M must be >= 2 to measure a rise")

@@ -147,7 +147,7 @@ def test_rendered_page_quotes_the_measured_numbers(tmp_path, run_script):
     assert math.isclose(json.loads(merged.read_text())["summary"]["entrgi"]["top1"], 2.0)
 
 
-def test_soft_hard_probe_changes_nothing_and_reads_zero_gap_for_aps(pipe, reward_model):
+def test_soft_hard_probe_changes_nothing_and_reads_zero_gap_for_aps(pipe, reward_model, tmp_path):
     probe_module = runpy.run_path(str(ROOT / "benchmarks/soft_hard_gap.py"))  # not as __main__: only the definitions
     fast = dict(gen_length=6, num_inference_steps=3, num_samples_per_prompt=2)
     figures = {}
@@ -168,3 +168,10 @@ def test_soft_hard_probe_changes_nothing_and_reads_zero_gap_for_aps(pipe, reward
         assert figures[method]["pairs"] == 3 * 2 * 4  # denoising steps x Adam steps x rows
     assert abs(figures["aps"]["gap"]) < 1e-6 and figures["aps"]["correlation"] > 0.999
     assert abs(figures["expectation"]["gap"]) > 1e-4  # the expected embedding is not a sampled token's
+    config = {"reward": "similarity", "num_prompts": 2, "seeds": [0], "num_samples": 2, "steps": 3, "gen_length": 6}
+    config |= {"guidance_steps": 2, "eta": 0.5}
+    report = {"config": config, "methods": {m: {**f, "top1": 0.5} for m, f in figures.items()}}
+    (tmp_path / "gap.json").write_text(json.dumps(report))
+    table = probe_module["render"]([str(tmp_path / "gap.json")])
+    aps_row = next(line for line in table.splitlines() if line.startswith("| similarity | aps |"))
+    assert "| 24 |" in aps_row and "0.0000 ± 0.0000" in aps_row
