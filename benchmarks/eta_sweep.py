@@ -117,14 +117,19 @@ def plot(config: dict, points: list[dict], path: str, fluency: str = "bigram") -
     for p in points:
         if p["method"] == "none":
             ax.scatter([p[x]], [p["top1"]], marker="*", s=150, color="black", label="Best-of-N (none)")
-    judge = "held-out bigram model" if fluency == "bigram" else "SmolLM2-135M-Instruct, given the prompt"
-    ax.set_xlabel(f"perplexity of the best sample ({judge}) — lower is more fluent")
+    if fluency == "bigram":
+        ax.set_xlabel("perplexity of the best sample (held-out bigram model) — lower is more fluent")
+    else:
+        ax.set_xlabel("SmolLM2 perplexity of the best sample, given the prompt (lower: more fluent)")
     if config.get("reward", "similarity") == "lm-judge":
         ax.set_ylabel("Top@1 reward (SmolLM2 mean log p of the target, nats)")
     else:
         ax.set_ylabel("Top@1 reward (MiniLM similarity to target)")
     prompts, seeds = config["num_prompts"], len(config["seeds"])
-    ax.set_title(f"Reward vs fluency as η varies ({prompts} prompts x {seeds} seeds, n={prompts * seeds})")
+    reward = "LM-judge reward, " if config.get("reward") == "lm-judge" else ""
+    ax.set_title(
+        f"Reward vs fluency as η varies\n({reward}{prompts} prompts x {seeds} seeds, n={prompts * seeds})", fontsize=11
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=130)
