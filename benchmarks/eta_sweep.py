@@ -21,7 +21,7 @@ from pathlib import Path
 from entrgi_pipelines import bench
 
 # Settings every part of a merged sweep must share.
-SHARED = ("num_prompts", "seeds", "steps", "gen_length")
+SHARED = ("num_prompts", "seeds", "steps", "gen_length", "dllm", "reward")
 METHODS = ("none", "expectation", "aps", "entrgi")
 
 
@@ -29,6 +29,7 @@ def run_points(args) -> list[dict]:
     common = ["--num-prompts", str(args.num_prompts), "--seeds", *map(str, args.seeds)]
     common += ["-T", str(args.steps), "-L", str(args.gen_length)]
     common += ["--threads", str(args.threads)] if args.threads else []
+    common += ["--reward", args.reward] + (["--dllm", args.dllm] if args.dllm else [])
     points = []
     for method in args.methods:
         for eta in [None] if method == "none" else args.etas:
@@ -43,7 +44,7 @@ def merge_points(files: list[str]) -> tuple[dict, list[dict]]:
     parts = [json.loads(Path(f).read_text()) for f in files]
     config = dict(parts[0]["config"])
     for f, part in zip(files[1:], parts[1:]):
-        differing = [k for k in SHARED if part["config"][k] != config[k]]
+        differing = [k for k in SHARED if part["config"].get(k) != config.get(k)]
         if differing:
             raise ValueError(f"--merge: {f} differs from {files[0]} in {differing}; merge sweeps of the same settings.")
     points = [p for part in parts for p in part["points"]]
@@ -144,6 +145,8 @@ def main():
     parser.add_argument("-T", "--steps", type=int, default=32)
     parser.add_argument("-L", "--gen-length", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dllm", help="embedded dLLM version (v1, v2) or a folder, as entrgi-bench takes it")
+    bench.add_reward_argument(parser)
     parser.add_argument("--merge", nargs="+", metavar="SWEEP_JSON", help="combine earlier sweep outputs, run nothing")
     parser.add_argument(
         "--bench", nargs="+", metavar="BENCH_JSON", help="sweep of entrgi-bench outputs (one eta each), run nothing"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements of docs/results.md: 32 prompts x 3 seeds x 4 methods at K=4, T=32, L=32, M=3, eta=0.5,
+# The measurements of docs/results.md, Part 2 (dLLM v1; Part 1 is run_results_v2.sh): 32 prompts x 3 seeds x 4 methods at K=4, T=32, L=32, M=3, eta=0.5,
 # tau=0.7, top_p=0.95 on the embedded stack, and the eta sweep (8 prompts x 2 seeds, T=L=32, eta 0.1-2) with its
 # plot. Runs as one-thread processes in two lanes (one per core); merging checks the settings match. About 2.5 hours
 # on 2 cores. Usage: bash benchmarks/run_results.sh [OUT_DIR]
@@ -7,8 +7,8 @@ set -euo pipefail
 out=${1:-runs/results}
 mkdir -p "$out"
 export HF_HUB_OFFLINE=1 PYTHONPATH=src
-common=(--num-prompts 32 -K 4 -T 32 -L 32 -M 3 --eta 0.5 --tau 0.7 --top-p 0.95 --threads 1)
-sweep=(--num-prompts 8 --seeds 0 1 -T 32 -L 32 --threads 1)
+common=(--num-prompts 32 -K 4 -T 32 -L 32 -M 3 --eta 0.5 --tau 0.7 --top-p 0.95 --dllm v1 --threads 1)
+sweep=(--num-prompts 8 --seeds 0 1 -T 32 -L 32 --dllm v1 --threads 1)
 bench() { python -m entrgi_pipelines.bench "$@" > "${@: -1}.log" 2>&1; }
 eta_sweep() { python benchmarks/eta_sweep.py "$@" > "${@: -1}.log" 2>&1; }
 (
