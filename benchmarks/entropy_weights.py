@@ -26,6 +26,8 @@ def main():
     args = parser.parse_args()
     if args.guidance_steps < 1:
         parser.error("--guidance-steps must be >= 1: the weights are recorded during guidance.")
+    if args.steps < 3:
+        parser.error("-T/--steps must be >= 3: the weights are also reported by thirds of the schedule.")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -44,12 +46,8 @@ def main():
         [row["prompt"] for row in rows],
         callback_on_step_end=guidance,
         reward_prompt=[row.get("target") or row["prompt"] for row in rows],
-        num_inference_steps=args.steps,
-        gen_length=args.gen_length,
-        num_samples_per_prompt=args.num_samples,
-        temperature=args.tau,
-        top_p=args.top_p,
         generator=torch.Generator().manual_seed(args.seed),
+        **bench.sampling_kwargs(args),
     )
     # The weights come from the step's unguided logits, so the M Adam steps of one denoising step share them.
     per_step = [entry["weight"].float() for entry in guidance.trace[:: args.guidance_steps]]

@@ -135,12 +135,8 @@ def main():
                 [row["prompt"] for row in rows],
                 callback_on_step_end=probe,
                 reward_prompt=[row.get("target") or row["prompt"] for row in rows],
-                num_inference_steps=args.steps,
-                gen_length=args.gen_length,
-                num_samples_per_prompt=args.num_samples,
-                temperature=args.tau,
-                top_p=args.top_p,
                 generator=torch.Generator().manual_seed(seed),
+                **bench.sampling_kwargs(args),
             )
             top1 += out.rewards.max(-1).values.tolist()
         figures = method_figures(probe.pairs, args.guidance_steps)

@@ -102,16 +102,23 @@ def guided_samples(
         reward_tokenizer=reward_tokenizer,
         reward_prompt=targets,
         guidance=method,
-        num_inference_steps=args.steps,
-        gen_length=args.gen_length,
-        num_samples_per_prompt=args.num_samples,
         guidance_steps=args.guidance_steps,
         guidance_lr=args.eta,
-        temperature=args.tau,
-        top_p=args.top_p,
         generator=generator,
+        **sampling_kwargs(args),
         **pipeline_kwargs,
     )
+
+
+def sampling_kwargs(args) -> dict:
+    """The pipeline arguments of K, T, L, tau and top-p as `add_sampling_arguments` parses them."""
+    return {
+        "num_inference_steps": args.steps,
+        "gen_length": args.gen_length,
+        "num_samples_per_prompt": args.num_samples,
+        "temperature": args.tau,
+        "top_p": args.top_p,
+    }
 
 
 def summarise(records: list[dict], methods: list[str]) -> dict:
