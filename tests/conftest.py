@@ -1,3 +1,5 @@
+import socket
+
 import pytest
 import torch
 
@@ -11,6 +13,13 @@ from entrgi_pipelines.testing import (
 )
 
 torch.set_num_threads(2)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (for a server or process group a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

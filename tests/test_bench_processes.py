@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,13 +12,9 @@ from transformers import BertForMaskedLM, BertForSequenceClassification
 from entrgi_pipelines.bench import batch_generator
 from entrgi_pipelines.testing import tiny_bert_config, tiny_wordpiece_tokenizer
 
+from .conftest import free_port
+
 TIMING_FIELDS = ("seconds", "judge_seconds")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from PIL import Image  # noqa: E402
 
+from ..conftest import free_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "space" / "app.py"
 PROMPT, TARGET = "and he said unto them", "food and eating"
@@ -37,12 +38,6 @@ def form(prompt=PROMPT, target=TARGET, method="entrgi", seed=0, **overrides):
     """The `generate` API's arguments, in its order."""
     sizes = {**TINY, **overrides}
     return [prompt, target, method, *(sizes[k] for k in TINY), seed]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

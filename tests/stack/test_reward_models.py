@@ -36,12 +36,7 @@ BIBLE = "The Lord is my shepherd; I shall not want. He maketh me to lie down in 
 JOKE = "There are 10 kinds of people: those who understand binary, and those who don't. My compiler agrees."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
