@@ -102,7 +102,7 @@ def animate(args) -> None:
 
 def export(args) -> None:
     """Writes the embedded stack as three Hub repo folders (pipeline, reward, judge) with model cards."""
-    from .hub import embedded_repo_ids, export_embedded_stack
+    from .stack.export import embedded_repo_ids, export_embedded_stack
 
     folders = export_embedded_stack(args.dir, namespace=args.namespace)
     repo_ids = embedded_repo_ids(args.namespace)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(args, name) and not getattr(args, name).strip():
             sub.choices[args.command].error(f"the {name} must not be empty")
     if args.command == "export":
-        from .hub import embedded_repo_ids
+        from .stack.export import embedded_repo_ids
 
         try:
             embedded_repo_ids(args.namespace)  # a namespace that is not a Hub name is refused before any model work
