@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from entrgi_pipelines import RewardGuidance, bench
+from entrgi_pipelines import RewardGuidance, bench, runs
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    bench.add_sampling_arguments(parser, steps=32, gen_length=32)
+    runs.add_sampling_arguments(parser, steps=32, gen_length=32)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", help="JSON path for the figures")
     args = parser.parse_args()
@@ -47,7 +47,7 @@ def main():
         callback_on_step_end=guidance,
         reward_prompt=[row.get("target") or row["prompt"] for row in rows],
         generator=torch.Generator().manual_seed(args.seed),
-        **bench.sampling_kwargs(args),
+        **runs.sampling_kwargs(args),
     )
     # The weights come from the step's unguided logits, so the M Adam steps of one denoising step share them.
     per_step = [entry["weight"].float() for entry in guidance.trace[:: args.guidance_steps]]

@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from entrgi_pipelines import bench
+from entrgi_pipelines import bench, runs
 
 # Settings every part of a merged sweep must share.
 SHARED = ("num_prompts", "seeds", "steps", "gen_length", "dllm", "reward")
@@ -146,7 +146,7 @@ def main():
     parser.add_argument("-L", "--gen-length", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dllm", help="embedded dLLM version (v1, v2) or a folder, as entrgi-bench takes it")
-    bench.add_reward_argument(parser)
+    runs.add_reward_argument(parser)
     parser.add_argument("--merge", nargs="+", metavar="SWEEP_JSON", help="combine earlier sweep outputs, run nothing")
     parser.add_argument(
         "--bench", nargs="+", metavar="BENCH_JSON", help="sweep of entrgi-bench outputs (one eta each), run nothing"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from entrgi_pipelines import RewardGuidance, bench
+from entrgi_pipelines import RewardGuidance, bench, runs
 
 
 class SoftHardProbe(RewardGuidance):
@@ -104,12 +104,12 @@ def main():
     parser.add_argument(
         "--render", nargs="+", metavar="GAP_JSON", help="print the table of earlier outputs, run nothing"
     )
-    bench.add_reward_argument(parser)
+    runs.add_reward_argument(parser)
     parser.add_argument("--methods", nargs="+", default=["expectation", "aps", "entrgi"])
     parser.add_argument("--num-prompts", type=int, default=4)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--dllm", default="v2")
-    bench.add_sampling_arguments(parser, steps=16, gen_length=16)
+    runs.add_sampling_arguments(parser, steps=16, gen_length=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", help="JSON path for the figures")
     args = parser.parse_args()
@@ -136,7 +136,7 @@ def main():
                 callback_on_step_end=probe,
                 reward_prompt=[row.get("target") or row["prompt"] for row in rows],
                 generator=torch.Generator().manual_seed(seed),
-                **bench.sampling_kwargs(args),
+                **runs.sampling_kwargs(args),
             )
             top1 += out.rewards.max(-1).values.tolist()
         figures = method_figures(probe.pairs, args.guidance_steps)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from entrgi_pipelines import bench
+from entrgi_pipelines import bench, runs
 from entrgi_pipelines.guidance.rewards import visible_before_eos
 from entrgi_pipelines.guidance.vocab import VocabularyMap, token_surfaces
 from entrgi_pipelines.stack import load_embedded_stack
@@ -40,7 +40,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--num-prompts", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    bench.add_sampling_arguments(parser, steps=16, gen_length=16)
+    runs.add_sampling_arguments(parser, steps=16, gen_length=16)
     parser.add_argument("--dllm-version", default=None, help="embedded dLLM version (v1, v2; default the newest)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", help="JSON path for the figures")

@@ -8,7 +8,7 @@ with its reward (MiniLM similarity to the target) and the held-out judge's score
 
 import torch
 
-from entrgi_pipelines.bench import judge_scores
+from entrgi_pipelines.runs import judge_scores
 from entrgi_pipelines.stack import load_embedded_stack
 
 stack = load_embedded_stack()

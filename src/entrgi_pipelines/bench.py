@@ -36,18 +36,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import BenchCheckpoint, write_json_atomic, write_text_atomic
 from .guidance.entrgi import GUIDANCE_METHODS
-from .validation import (
-    StrictArgumentParser,
-    dllm_choice,
-    existing_file,
-    exit_on_bad_input,
-    model_folder,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    probability,
-    read_jsonl,
-)
+from .runs import add_reward_argument, add_sampling_arguments, dllm_choice, guided_samples, judge_scores, load_reward
+from .validation import StrictArgumentParser, existing_file, exit_on_bad_input, model_folder, positive_int, read_jsonl
 
 # The bundled prompts per embedded dLLM version: v1 continues King-James-style text, v2 answers requests.
 DEFAULT_PROMPTS = {"v1": "data/prompts.jsonl", "v2": "data/prompts_v2.jsonl"}
@@ -81,44 +71,6 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
         return mean, float("nan")
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, 1.96 * std / math.sqrt(n)
-
-
-@torch.no_grad()
-def judge_scores(judge, tokenizer, targets: list[str], texts: list[str]) -> list[float]:
-    enc = tokenizer(targets, texts, return_tensors="pt", padding=True)
-    return judge(**enc).logits[:, 0].float().tolist()
-
-
-def guided_samples(
-    pipe, reward_model, reward_tokenizer, prompts, targets, method: str, args, generator, **pipeline_kwargs
-):
-    """One pipeline call with the sampling settings of `args` (K, T, L, M, eta, tau, top_p), toward `targets`.
-
-    `pipeline_kwargs` go to the pipeline as they are (e.g. `output_trajectory=True`, `callback_on_step_end=...`).
-    """
-    return pipe(
-        prompts,
-        reward_model=reward_model,
-        reward_tokenizer=reward_tokenizer,
-        reward_prompt=targets,
-        guidance=method,
-        guidance_steps=args.guidance_steps,
-        guidance_lr=args.eta,
-        generator=generator,
-        **sampling_kwargs(args),
-        **pipeline_kwargs,
-    )
-
-
-def sampling_kwargs(args) -> dict:
-    """The pipeline arguments of K, T, L, tau and top-p as `add_sampling_arguments` parses them."""
-    return {
-        "num_inference_steps": args.steps,
-        "gen_length": args.gen_length,
-        "num_samples_per_prompt": args.num_samples,
-        "temperature": args.tau,
-        "top_p": args.top_p,
-    }
 
 
 def summarise(records: list[dict], methods: list[str]) -> dict:
@@ -187,48 +139,6 @@ def markdown_table(summary: dict) -> str:
             f"{fmt(s.get('perplexity_smollm'), '.1f')} | {s['distinct2']:.3f} | {s['seconds_per_prompt']:.2f} |"
         )
     return "\n".join(lines)
-
-
-def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_length: int) -> None:
-    """K, T, L, M, eta, tau and top-p, shared by `entrgi-bench`, `entrgi generate` and the benchmark scripts."""
-    parser.add_argument("-K", "--num-samples", type=positive_int, default=4, help="samples per prompt")
-    parser.add_argument("-T", "--steps", type=positive_int, default=steps, help=f"denoising steps (default {steps})")
-    parser.add_argument(
-        "-L", "--gen-length", type=positive_int, default=gen_length, help=f"response tokens (default {gen_length})"
-    )
-    parser.add_argument(
-        "-M", "--guidance-steps", type=non_negative_int, default=3, help="Adam steps per denoising step"
-    )
-    parser.add_argument("--eta", type=positive_float, default=0.5, help="guidance learning rate")
-    parser.add_argument("--tau", type=positive_float, default=0.7, help="sampling temperature")
-    parser.add_argument("--top-p", type=probability, default=0.95)
-
-
-REWARDS = ("similarity", "lm-judge")
-
-
-def add_reward_argument(parser: argparse.ArgumentParser) -> None:
-    """`--reward similarity|lm-judge`: the embedded stack's guidance reward, shared by `entrgi-bench` and `entrgi`."""
-    parser.add_argument(
-        "--reward",
-        choices=REWARDS,
-        default="similarity",
-        help="embedded guidance reward: MiniLM cosine similarity to the target (default), or lm-judge: SmolLM2's "
-        "log-probability of the target description after the response (stack/lm_reward.py)",
-    )
-
-
-def load_reward(name: str):
-    """`(reward_model, reward_tokenizer)` of an embedded guidance reward named as `--reward` names it."""
-    if name == "lm-judge":
-        from .stack.lm_reward import load_lm_judge_reward
-
-        return load_lm_judge_reward()
-    if name == "similarity":
-        from .stack.reward_models import load_similarity_reward_model
-
-        return load_similarity_reward_model()
-    raise ValueError(f"--reward must be one of {REWARDS}, got {name!r}.")
 
 
 def build_parser() -> argparse.ArgumentParser:

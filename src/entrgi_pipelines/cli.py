@@ -26,8 +26,8 @@ import textwrap
 
 import torch
 
-from .bench import add_reward_argument, add_sampling_arguments
 from .guidance.entrgi import GUIDANCE_METHODS
+from .runs import add_reward_argument, add_sampling_arguments
 from .stack.dllm import DLLM_VERSIONS
 from .validation import StrictArgumentParser, positive_int
 
@@ -43,7 +43,7 @@ def side_by_side(left: list[str], right: list[str], width: int) -> str:
 
 
 def generate(args) -> dict:
-    from .bench import guided_samples, judge_scores, load_reward
+    from .runs import guided_samples, judge_scores, load_reward
     from .stack import load_embedded_stack
 
     if args.threads:

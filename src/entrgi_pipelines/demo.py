@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from .animation import AnimationPanel, render_frames, save_gif
-from .bench import guided_samples, judge_scores
 from .guidance.entrgi import GUIDANCE_METHODS
+from .runs import guided_samples, judge_scores, sampling_settings
 
 METHOD_LABELS = {
     "none": "Best-of-N (unguided)",
@@ -64,39 +64,6 @@ class MethodSamples:
         return max(range(len(self.rewards)), key=self.rewards.__getitem__)
 
 
-def _whole_number(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
-        raise TypeError(f"`{name}` must be a whole number, got {value!r}.")
-    if int(value) < minimum:
-        raise ValueError(f"`{name}` must be at least {minimum}, got {int(value)}.")
-    return int(value)
-
-
-def sampling_settings(
-    num_samples: int = 4,
-    steps: int = 32,
-    gen_length: int = 32,
-    guidance_steps: int = 3,
-    eta: float = 0.5,
-    tau: float = 0.7,
-    top_p: float = 0.95,
-) -> argparse.Namespace:
-    """The settings `bench.add_sampling_arguments` parses from a command line, from values (K, T, L, M, eta, ...).
-
-    Whole numbers given as floats (as form widgets send them) are accepted; anything else is refused with the
-    argument's name.
-    """
-    return argparse.Namespace(
-        num_samples=_whole_number("num_samples", num_samples, 1),
-        steps=_whole_number("steps", steps, 1),
-        gen_length=_whole_number("gen_length", gen_length, 1),
-        guidance_steps=_whole_number("guidance_steps", guidance_steps, 0),
-        eta=eta,
-        tau=tau,
-        top_p=top_p,
-    )
-
-
 def check_comparison_inputs(prompt: Any, target: Any, method: Any, seed: Any) -> None:
     """Refuses what [`compare_methods`] cannot run, with the argument's name and the fix (no model work)."""
     if not isinstance(prompt, str) or not prompt.strip():
@@ -127,7 +94,7 @@ def compare_methods(
         method (`str`, defaults to `"entrgi"`): `"entrgi"`, `"aps"`, `"expectation"` or `"none"` (then both sides
             are the same unguided samples, computed once).
         settings (`argparse.Namespace`, *optional*): K, T, L, M, eta, tau, top-p as made by [`sampling_settings`]
-            or parsed by `bench.add_sampling_arguments`; defaults to `sampling_settings()`.
+            or parsed by `runs.add_sampling_arguments`; defaults to `sampling_settings()`.
         seed (`int`, defaults to 0): the sampling seed of both sides.
         progress (`callable`, *optional*): called as `progress(fraction_done, description)` after every step.
 

@@ -119,13 +119,6 @@ def model_folder(text: str) -> str:
     return str(path)
 
 
-def dllm_choice(text: str) -> str:
-    """argparse type: an embedded dLLM version (`v1`, `v2`) or a model folder written by `save_pretrained`."""
-    from .stack.dllm import DLLM_VERSIONS
-
-    return text if text in DLLM_VERSIONS else model_folder(text)
-
-
 def existing_file(text: str) -> str:
     """argparse type: an existing, readable file."""
     path = Path(text).expanduser()

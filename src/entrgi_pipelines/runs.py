@@ -1,0 +1,169 @@
+"""What a guided run needs on the embedded stack, shared by `entrgi` (cli), the demo/Space and `entrgi-bench`.
+
+The sampling settings (K, T, L, M, eta, tau, top-p) as command-line arguments ([`add_sampling_arguments`]) or from
+values ([`sampling_settings`]), turned into one pipeline call ([`guided_samples`]); the embedded guidance rewards
+by name ([`add_reward_argument`], [`load_reward`]); the held-out judge's scores ([`judge_scores`]).
+
+This module sits above the embedded stack and beneath all three of its users, so none of them borrows from
+another (see docs/architecture.md).
+
+Example:
+    ```py
+    >>> import argparse
+    >>> from entrgi_pipelines.runs import add_sampling_arguments, sampling_kwargs, sampling_settings
+
+    >>> parser = argparse.ArgumentParser()
+    >>> add_sampling_arguments(parser, steps=16, gen_length=16)
+    >>> args = parser.parse_args(["-K", "2", "--tau", "0.5"])
+    >>> sampling_kwargs(args)["num_samples_per_prompt"], sampling_kwargs(args)["num_inference_steps"]
+    (2, 16)
+    >>> vars(args) == vars(sampling_settings(num_samples=2, steps=16, gen_length=16, tau=0.5))
+    True
+    ```
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from .validation import model_folder, non_negative_int, positive_float, positive_int, probability
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_length: int) -> None:
+    """K, T, L, M, eta, tau and top-p, shared by `entrgi-bench`, `entrgi generate`, `entrgi animate` and the studies.
+
+    [`sampling_settings`] makes the same settings from values; a new argument here belongs there too.
+    """
+    parser.add_argument("-K", "--num-samples", type=positive_int, default=4, help="samples per prompt")
+    parser.add_argument("-T", "--steps", type=positive_int, default=steps, help=f"denoising steps (default {steps})")
+    parser.add_argument(
+        "-L", "--gen-length", type=positive_int, default=gen_length, help=f"response tokens (default {gen_length})"
+    )
+    parser.add_argument(
+        "-M", "--guidance-steps", type=non_negative_int, default=3, help="Adam steps per denoising step"
+    )
+    parser.add_argument("--eta", type=positive_float, default=0.5, help="guidance learning rate")
+    parser.add_argument("--tau", type=positive_float, default=0.7, help="sampling temperature")
+    parser.add_argument("--top-p", type=probability, default=0.95)
+
+
+def _whole_number(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        raise TypeError(f"`{name}` must be a whole number, got {value!r}.")
+    if int(value) < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}, got {int(value)}.")
+    return int(value)
+
+
+def sampling_settings(
+    num_samples: int = 4,
+    steps: int = 32,
+    gen_length: int = 32,
+    guidance_steps: int = 3,
+    eta: float = 0.5,
+    tau: float = 0.7,
+    top_p: float = 0.95,
+) -> argparse.Namespace:
+    """The settings [`add_sampling_arguments`] parses from a command line, from values (K, T, L, M, eta, ...).
+
+    Whole numbers given as floats (as form widgets send them) are accepted; anything else is refused with the
+    argument's name.
+    """
+    return argparse.Namespace(
+        num_samples=_whole_number("num_samples", num_samples, 1),
+        steps=_whole_number("steps", steps, 1),
+        gen_length=_whole_number("gen_length", gen_length, 1),
+        guidance_steps=_whole_number("guidance_steps", guidance_steps, 0),
+        eta=eta,
+        tau=tau,
+        top_p=top_p,
+    )
+
+
+def sampling_kwargs(args) -> dict:
+    """The pipeline arguments of K, T, L, tau and top-p as [`add_sampling_arguments`] parses them."""
+    return {
+        "num_inference_steps": args.steps,
+        "gen_length": args.gen_length,
+        "num_samples_per_prompt": args.num_samples,
+        "temperature": args.tau,
+        "top_p": args.top_p,
+    }
+
+
+def guided_samples(
+    pipe, reward_model, reward_tokenizer, prompts, targets, method: str, args, generator, **pipeline_kwargs
+):
+    """One pipeline call with the sampling settings of `args` (K, T, L, M, eta, tau, top_p), toward `targets`.
+
+    `pipeline_kwargs` go to the pipeline as they are (e.g. `output_trajectory=True`, `callback_on_step_end=...`).
+    """
+    return pipe(
+        prompts,
+        reward_model=reward_model,
+        reward_tokenizer=reward_tokenizer,
+        reward_prompt=targets,
+        guidance=method,
+        guidance_steps=args.guidance_steps,
+        guidance_lr=args.eta,
+        generator=generator,
+        **sampling_kwargs(args),
+        **pipeline_kwargs,
+    )
+
+
+@torch.no_grad()
+def judge_scores(judge, tokenizer, targets: list[str], texts: list[str]) -> list[float]:
+    """The judge's score of each `(target, text)` pair: the first logit of a pair classifier such as the stack's."""
+    enc = tokenizer(targets, texts, return_tensors="pt", padding=True)
+    return judge(**enc).logits[:, 0].float().tolist()
+
+
+REWARDS = ("similarity", "lm-judge")
+
+
+def add_reward_argument(parser: argparse.ArgumentParser) -> None:
+    """`--reward similarity|lm-judge`: the embedded stack's guidance reward, shared by `entrgi-bench` and `entrgi`."""
+    parser.add_argument(
+        "--reward",
+        choices=REWARDS,
+        default="similarity",
+        help="embedded guidance reward: MiniLM cosine similarity to the target (default), or lm-judge: SmolLM2's "
+        "log-probability of the target description after the response (stack/lm_reward.py)",
+    )
+
+
+def load_reward(name: str):
+    """`(reward_model, reward_tokenizer)` of an embedded guidance reward named as `--reward` names it."""
+    if name == "lm-judge":
+        from .stack.lm_reward import load_lm_judge_reward
+
+        return load_lm_judge_reward()
+    if name == "similarity":
+        from .stack.reward_models import load_similarity_reward_model
+
+        return load_similarity_reward_model()
+    raise ValueError(f"--reward must be one of {REWARDS}, got {name!r}.")
+
+
+def dllm_choice(text: str) -> str:
+    """argparse type: an embedded dLLM version (`v1`, `v2`) or a model folder written by `save_pretrained`."""
+    from .stack.dllm import DLLM_VERSIONS
+
+    return text if text in DLLM_VERSIONS else model_folder(text)
+
+
+__all__ = [
+    "REWARDS",
+    "add_reward_argument",
+    "add_sampling_arguments",
+    "dllm_choice",
+    "guided_samples",
+    "judge_scores",
+    "load_reward",
+    "sampling_kwargs",
+    "sampling_settings",
+]
