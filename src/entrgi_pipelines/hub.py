@@ -13,6 +13,8 @@ This module only re-exports both; new code imports from those modules.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .pipelines.hub_utils import (
     PIPELINE_MODULE,
     REMOTE_CODE_PREFIXES,
@@ -20,13 +22,38 @@ from .pipelines.hub_utils import (
     add_to_hub_cache,
     write_repo_code,
 )
-from .stack.export import (
-    MINILM_BASE_MODEL,
-    check_safetensors_only,
-    embedded_repo_ids,
-    export_embedded_stack,
-    save_reward_repo,
-)
+
+if TYPE_CHECKING:  # for type checkers and linters; at run time `__getattr__` below imports them on first use
+    from .stack.export import (
+        MINILM_BASE_MODEL,
+        check_safetensors_only,
+        embedded_repo_ids,
+        export_embedded_stack,
+        save_reward_repo,
+    )
+
+_STACK_EXPORT_NAMES = {
+    "MINILM_BASE_MODEL",
+    "check_safetensors_only",
+    "embedded_repo_ids",
+    "export_embedded_stack",
+    "save_reward_repo",
+}
+
+
+def __getattr__(name: str):
+    # The stack's names load on first use, as this module's functions always loaded the stack: importing it never
+    # imports the stack, so code beneath the stack that still imports `HubPipelineMixin` from here cannot cycle.
+    if name in _STACK_EXPORT_NAMES:
+        from .stack import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "MINILM_BASE_MODEL",
