@@ -60,7 +60,7 @@ def bench_file(path: Path, methods, seeds, prompts, eta=0.5, reward="lm-judge", 
 
 
 def script(path: str, *args: str, capsys, monkeypatch) -> str:
-    """Runs a benchmarks/ script as `python path args...` would (in this process: no second torch import)."""
+    """Runs a studies/ script as `python path args...` would (in this process: no second torch import)."""
     monkeypatch.setattr(sys, "argv", [path, *args])
     capsys.readouterr()
     runpy.run_path(str(ROOT / path), run_name="__main__")
@@ -76,14 +76,14 @@ def test_merge_refuses_runs_of_different_rewards(tmp_path, run_script):
     a = bench_file(tmp_path / "a.json", ["entrgi"], [0], ["p0", "p1"])
     b = bench_file(tmp_path / "b.json", ["aps"], [0], ["p0", "p1"], reward="similarity")
     with pytest.raises(ValueError, match=r"\['reward'\]"):
-        run_script("benchmarks/merge_bench.py", str(a), str(b), "--output", str(tmp_path / "m.json"))
+        run_script("studies/merge_bench.py", str(a), str(b), "--output", str(tmp_path / "m.json"))
     assert not (tmp_path / "m.json").exists()
 
 
 def test_merge_keeps_every_record(tmp_path, run_script):
     a = bench_file(tmp_path / "a.json", ["none", "entrgi"], [0, 1], ["p0", "p1"])
     b = bench_file(tmp_path / "b.json", ["aps"], [0, 1], ["p0", "p1"])
-    run_script("benchmarks/merge_bench.py", str(a), str(b), "--output", str(tmp_path / "m.json"))
+    run_script("studies/merge_bench.py", str(a), str(b), "--output", str(tmp_path / "m.json"))
     merged = json.loads((tmp_path / "m.json").read_text())
     assert len(merged["records"]) == 12
     assert list(merged["summary"]) == ["none", "aps", "entrgi"]
@@ -96,7 +96,7 @@ def test_sweep_of_bench_files_uses_only_the_shared_pairs(tmp_path, run_script):
         tmp_path / "main.json", ["none", "entrgi"], [0, 1], ["p0", "p1", "p2"], top1=lambda m, s, p: float(p == "p2")
     )
     low = bench_file(tmp_path / "low.json", ["entrgi"], [0, 1], ["p0", "p1"], eta=0.1, top1=lambda m, s, p: s + 2.0)
-    run_script("benchmarks/eta_sweep.py", "--bench", str(main), str(low), "--output", str(tmp_path / "sweep.json"))
+    run_script("studies/eta_sweep.py", "--bench", str(main), str(low), "--output", str(tmp_path / "sweep.json"))
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     points = {(p["method"], p["eta"]): p for p in sweep["points"]}
     assert set(points) == {("none", None), ("entrgi", 0.1), ("entrgi", 0.5)}
@@ -110,7 +110,7 @@ def test_sweep_refuses_bench_files_of_other_settings(tmp_path, run_script):
     a = bench_file(tmp_path / "a.json", ["entrgi"], [0], ["p0"])
     b = bench_file(tmp_path / "b.json", ["entrgi"], [0], ["p0"], eta=2.0, reward="similarity")
     with pytest.raises(ValueError, match=r"\['reward'\]"):
-        run_script("benchmarks/eta_sweep.py", "--bench", str(a), str(b), "--output", str(tmp_path / "s.json"))
+        run_script("studies/eta_sweep.py", "--bench", str(a), str(b), "--output", str(tmp_path / "s.json"))
 
 
 def test_shared_table_rows_are_measured_on_the_same_pairs(tmp_path, run_script):
@@ -123,7 +123,7 @@ def test_shared_table_rows_are_measured_on_the_same_pairs(tmp_path, run_script):
         reward="similarity",
         top1=lambda m, s, p: 5.0 if s == 2 or p == "p2" else 3.0,
     )
-    table = run_script("benchmarks/write_results.py", "--shared", str(lm), str(sim))
+    table = run_script("studies/write_results.py", "--shared", str(lm), str(sim))
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| similarity")]
     assert [row[2] for row in rows] == ["4", "4"]  # 2 prompts x seeds 0, 1: seed 2 and p2 left out
     assert all(row[3].startswith("3.0000") for row in rows)
@@ -139,8 +139,8 @@ def test_rendered_page_quotes_the_measured_numbers(tmp_path, run_script):
         top1=lambda m, s, p: 1.0 + (m == "entrgi"),
     )
     merged = tmp_path / "merged.json"
-    run_script("benchmarks/merge_bench.py", str(run), "--output", str(merged))
-    page = run_script("benchmarks/write_results.py", str(merged), "--level", "3")
+    run_script("studies/merge_bench.py", str(run), "--output", str(merged))
+    page = run_script("studies/write_results.py", str(merged), "--level", "3")
     assert "### Table" in page and "\n## " not in page
     entrgi_vs_none = next(line for line in page.splitlines() if line.startswith("| entrgi − none"))
     assert "+1.0000 ± 0.0000" in entrgi_vs_none and "100%" in entrgi_vs_none
@@ -148,7 +148,7 @@ def test_rendered_page_quotes_the_measured_numbers(tmp_path, run_script):
 
 
 def test_soft_hard_probe_changes_nothing_and_reads_zero_gap_for_aps(pipe, reward_model, tmp_path):
-    probe_module = runpy.run_path(str(ROOT / "benchmarks/soft_hard_gap.py"))  # not as __main__: only the definitions
+    probe_module = runpy.run_path(str(ROOT / "studies/soft_hard_gap.py"))  # not as __main__: only the definitions
     fast = dict(gen_length=6, num_inference_steps=3, num_samples_per_prompt=2)
     figures = {}
     for method in ("aps", "expectation"):

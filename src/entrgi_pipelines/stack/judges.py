@@ -23,7 +23,7 @@ system turn, "You are a helpful AI assistant named SmolLM, trained by Hugging Fa
       P(d | text) = softmax_d( log p(d | text) - log p(d | "") )
 
   which sums to 1 over the candidates and is uniform for the empty text. Measured with
-  `benchmarks/judge_accuracy.py` (texts cut to 24 words, 10 candidates): calibration raises the share of texts
+  `studies/judge_accuracy.py` (texts cut to 24 words, 10 candidates): calibration raises the share of texts
   whose own topic comes first from 0.10 to 0.49 on 383 held-out corpus passages (balanced over topics: 0.32 to
   0.45) and from 0.40 to 0.80 on 20 SmolLM2-written texts; the MiniLM topic classifier scores 0.81 (0.75) and 0.90.
   The guidance reward asks a different question (the mean log-probability of the target after "What is the

@@ -13,7 +13,7 @@ target description's tokens as the assistant's answer::
 A decoder that never saw soft inputs, a chat template, another tokenizer than the dLLM's (byte-level BPE against the
 dLLM's WordPiece, bridged by `VocabularyMap`): the kind of reward model the EntRGi paper is about.
 
-The wording was measured (`benchmarks/lm_judge_templates.py`: 20 held-out corpus passages, 2 per topic, cut to 20
+The wording was measured (`studies/lm_judge_templates.py`: 20 held-out corpus passages, 2 per topic, cut to 20
 words, x the 10 target descriptions of the bundled prompts). What guidance needs is that, for one target, on-topic
 responses outscore off-topic ones: the probability of that (AUC, averaged over targets) is 0.82 for this wording,
 0.79 with the text before the question, 0.80 for "The topic is {target}", and 0.49 (chance) for the yes/no question

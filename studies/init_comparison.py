@@ -1,6 +1,6 @@
 """MiniLM initialisation vs training from scratch, for the same budget: held-out perplexity and prompted samples.
 
-    PYTHONPATH=src python benchmarks/init_comparison.py --documents data/corpus/documents.jsonl \
+    PYTHONPATH=src python studies/init_comparison.py --documents data/corpus/documents.jsonl \
         --output runs/init --steps 200 --reference docs/results.json
 
 Both runs see the same batches (same seed) under the same step-based schedule (warmup, cosine to zero at `--steps`),

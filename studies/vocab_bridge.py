@@ -1,6 +1,6 @@
 """How well the dLLM's WordPiece tokens bridge to SmolLM2's byte-level BPE (the LM-judge reward's vocabulary).
 
-    PYTHONPATH=src python benchmarks/vocab_bridge.py --num-prompts 16 --seed 0 -T 16 -L 16 --dllm-version v2
+    PYTHONPATH=src python studies/vocab_bridge.py --num-prompts 16 --seed 0 -T 16 -L 16 --dllm-version v2
 
 Reports, for the `VocabularyMap` from the embedded dLLM's tokenizer to SmolLM2's:
 

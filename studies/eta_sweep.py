@@ -1,6 +1,6 @@
 """Reward against fluency as the guidance learning rate eta goes from 0.1 to 2, for each method.
 
-    PYTHONPATH=src python benchmarks/eta_sweep.py --num-prompts 8 --seeds 0 1 --output docs/eta_sweep.json \
+    PYTHONPATH=src python studies/eta_sweep.py --num-prompts 8 --seeds 0 1 --output docs/eta_sweep.json \
         --plot docs/eta_sweep.png
 
 Each point is one `entrgi-bench` run (embedded stack): mean Top@1 reward of the best sample against the geometric
@@ -10,7 +10,7 @@ part) and combine them with `--merge part1.json part2.json ... --output all.json
 
 A sweep can also be made of `entrgi-bench --output` files, one per eta (any methods in each), with `--bench
 a.json b.json ...`: each (method, eta) becomes a point over the (prompt, target, seed) triples that every file holds,
-so a main run on more prompts contributes its matching subset (benchmarks/run_results_v2.sh makes the LM-judge sweep
+so a main run on more prompts contributes its matching subset (studies/run_results_v2.sh makes the LM-judge sweep
 this way; `--fluency smollm` puts SmolLM2 perplexity on the plot's x axis).
 """
 

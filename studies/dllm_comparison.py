@@ -7,7 +7,7 @@
   its prompt (geometric mean), the bigram perplexity of held-out corpus text, distinct-2 and the share of punctuation
   tokens, with the first samples printed.
 
-    python benchmarks/dllm_comparison.py --documents corpus/documents.jsonl --distill corpus/distill.jsonl \\
+    python studies/dllm_comparison.py --documents corpus/documents.jsonl --distill corpus/distill.jsonl \\
         --dllm v1 v2 --output docs/dllm_v2_comparison.json
 """
 

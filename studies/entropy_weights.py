@@ -1,6 +1,6 @@
 """The distribution of EntRGi's mixing weights `w = H(q) / log V` on the embedded stack.
 
-    PYTHONPATH=src python benchmarks/entropy_weights.py --num-prompts 8 --seed 0 -T 32 -L 32 --output weights.json
+    PYTHONPATH=src python studies/entropy_weights.py --num-prompts 8 --seed 0 -T 32 -L 32 --output weights.json
 
 Runs EntRGi (K, T, L, M, eta, tau, top_p as `entrgi-bench`) with a `RewardGuidance(keep_trace=True)` callback and
 reports the weights of every masked position at every guided denoising step: mean, quantiles, and the mean by

@@ -1,6 +1,6 @@
 """What the reward model is shown during guidance against the text it will judge: the soft-input gap of each method.
 
-    PYTHONPATH=src python benchmarks/soft_hard_gap.py --reward lm-judge --num-prompts 4 -T 16 -L 16 \
+    PYTHONPATH=src python studies/soft_hard_gap.py --reward lm-judge --num-prompts 4 -T 16 -L 16 \
         --output gap_lm.json
 
 At every Adam step of a guided call, the reward model scores the method's input (EntRGi's entropy-weighted mix of

@@ -1,6 +1,6 @@
 """Which wording makes SmolLM2-135M-Instruct a discriminating LM-judge reward? Measured on labelled corpus passages.
 
-    PYTHONPATH=src python benchmarks/lm_judge_templates.py --per-topic 4 --words 24 --output templates.json
+    PYTHONPATH=src python studies/lm_judge_templates.py --per-topic 4 --words 24 --output templates.json
 
 Takes `--per-topic` held-out passages of every judge topic from the corpus (`corpus/documents.jsonl`, built by
 `python -m entrgi_pipelines.stack.corpus`), cut to their first `--words` words (about the length of a response), and

@@ -1,8 +1,8 @@
 """Renders the measured sections of docs/results.md from `entrgi-bench` JSON files (no number is typed by hand).
 
-    PYTHONPATH=src python benchmarks/write_results.py runs/results/results.json [--sweep eta_sweep.json] \
+    PYTHONPATH=src python studies/write_results.py runs/results/results.json [--sweep eta_sweep.json] \
         [--level 3] > docs/results_measured.md
-    PYTHONPATH=src python benchmarks/write_results.py --shared lm.json similarity.json   # both rewards, shared pairs
+    PYTHONPATH=src python studies/write_results.py --shared lm.json similarity.json   # both rewards, shared pairs
 
 `--shared` renders one table of several runs (e.g. one per guidance reward) restricted to the (prompt, target, seed)
 triples that all of them hold, so that every row is measured on the same prompts and seeds.

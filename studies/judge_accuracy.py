@@ -9,7 +9,7 @@ set: accuracy, balanced accuracy (mean over topics: the held-out corpus is mostl
 to the true description, for the LM judge as shipped (calibrated), the LM judge without calibration, and the MiniLM
 topic classifier (whose head was trained on the training split of the same corpus sources).
 
-    PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/judge_accuracy.py --output docs/judge_accuracy.json
+    PYTHONPATH=src HF_HUB_OFFLINE=1 python studies/judge_accuracy.py --output docs/judge_accuracy.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Merges `entrgi-bench --output` files of the same settings (e.g. methods run in parallel processes).
 
-PYTHONPATH=src python benchmarks/merge_bench.py a.json b.json --output merged.json --markdown table.md
+PYTHONPATH=src python studies/merge_bench.py a.json b.json --output merged.json --markdown table.md
 """
 
 import argparse
