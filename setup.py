@@ -33,7 +33,16 @@ setup(
             "pymdown-extensions>=10",
             "latex2mathml>=3.81",
         ],
-        "test": ["pytest>=8", "ruff>=0.6", "hypothesis>=6", "playwright>=1.40", "gradio>=6,<7", "gradio_client>=1"],
+        # import-linter: the package's layers (pyproject.toml), checked by `lint-imports`; >= 2.6 for acyclic_siblings
+        "test": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "hypothesis>=6",
+            "playwright>=1.40",
+            "gradio>=6,<7",
+            "gradio_client>=1",
+            "import-linter>=2.6",
+        ],
     },
     entry_points={
         "console_scripts": [
