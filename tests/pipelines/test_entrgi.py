@@ -269,7 +269,7 @@ def test_progress_bar_is_diffusers(pipe, capsys):
         (dict(prompt="the cat", num_samples_per_prompt=0), "num_samples_per_prompt"),
         (dict(prompt="the cat", guidance_steps=-1), "guidance_steps"),
         (dict(prompt="the cat", guidance_lr=0.0), "guidance_lr"),
-        (dict(prompt="the cat", temperature=0.0), "temperature"),
+        (dict(prompt="the cat", temperature=float("nan")), "temperature"),
         (dict(prompt="the cat", temperature=-1.0), "temperature"),
         (dict(prompt="the cat", top_p=0.0), "top_p"),
         (dict(prompt="the cat", top_p=1.5), "top_p"),

@@ -197,7 +197,7 @@ def test_bad_arguments_are_named():
         scheduler.step(torch.randn(1, 2, V), 1.0, torch.full((1, 2), MASK), mask_token_id=MASK)
     scheduler.set_timesteps(3)
     with pytest.raises(ValueError, match="temperature"):
-        scheduler.step(torch.randn(1, 2, V), 1.0, torch.full((1, 2), MASK), mask_token_id=MASK, temperature=0)
+        scheduler.step(torch.randn(1, 2, V), 1.0, torch.full((1, 2), MASK), mask_token_id=MASK, temperature=-0.5)
 
 
 def test_top_p_nucleus_matches_the_sorted_definition_up_to_its_resolution():

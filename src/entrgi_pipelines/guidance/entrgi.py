@@ -119,7 +119,9 @@ def optimize_logits(
     `phi` starts as a float32 copy of `logits` (`(P, V)`, one row per masked position). A fresh Adam optimiser runs
     `num_steps` steps; each step samples hard tokens from `softmax(top_p(phi / temperature))` and calls
     `reward_fn(probs, hard_tokens, weight)` (`probs = softmax(phi / temperature)`) to get one reward per sequence,
-    whose sum is maximised. Only `phi` is optimised. Returns the optimised logits, detached, in the dtype of `logits`.
+    whose sum is maximised. At `temperature=0` (greedy decoding) `probs = softmax(phi)` and the hard tokens are the
+    argmax of `phi`, what greedy decoding commits. Only `phi` is optimised. Returns the optimised logits, detached,
+    in the dtype of `logits`.
     (Adam runs on `phi / temperature` with its learning rate divided and its epsilon multiplied by the temperature:
     the same steps of `phi` in exact arithmetic, without a `(P, V)` division and its backward at every step.)
 
@@ -138,6 +140,9 @@ def optimize_logits(
     receives are then workspace tensors too, valid until the next step.
     """
     weight = method_weight(method, logits)
+    # Greedy decoding (temperature 0) commits the argmax: the relaxation is softmax(phi) and the hard token the argmax.
+    greedy = temperature == 0
+    temperature = 1.0 if greedy else temperature
     scaled = logits.detach().float().div(temperature).requires_grad_(True)  # phi / temperature
     # The fused kernel is the same update, an order of magnitude faster on a (P, V) tensor.
     fused = scaled.device.type in ("cpu", "cuda")
@@ -147,7 +152,10 @@ def optimize_logits(
     workspace = Workspace() if workspace is None else workspace
     with torch.enable_grad():
         for _ in range(num_steps):
-            if top_k is None:  # the sampler shares the softmax
+            if greedy:
+                probs, _ = _SoftmaxAndLog.apply(scaled, workspace, share_probs)
+                hard = scaled.detach().argmax(-1)
+            elif top_k is None:  # the sampler shares the softmax
                 probs, cdf = _guidance_step(scaled, top_p, compile, workspace, share_probs)
                 hard = _invert_cdf(cdf, generator)
             else:

@@ -70,8 +70,8 @@ class RewardGuidance(PipelineCallback):
         cutoff_step_index (`int`, *optional*): guide only the steps before this index; pass it with
             `cutoff_step_ratio=None` (diffusers' `PipelineCallback` takes one of the two).
         keep_trace (`bool`, defaults to `False`): record, for every guidance step, the response tokens with the
-            sampled hard tokens, the reward the reward model returned for them and the mixing weight `w` of each
-            masked position (`self.trace`).
+            sampled hard tokens, the positions the reward model saw (`visible`), the reward it returned for them and
+            the mixing weight `w` of each guided position (`self.trace`).
         reward_template ([`RewardTemplate`], list of messages, `str`, or a list of those, *optional*): where the
             prompt (`{prompt}`), the target (`{target}`: the pipeline's `reward_prompt`, by default the prompt) and
             the response (`{response}`) go in each reward model's input, one template or one per reward model.
@@ -247,17 +247,21 @@ class RewardGuidance(PipelineCallback):
             return matrix[tokens].masked_scatter(masked[..., None], mixed)
         return matrix[tokens].index_put(index, mixed)
 
-    def guided_reward(self, tokens, masked, probs, hard, weight, index=None) -> torch.Tensor:
+    def guided_reward(self, tokens, masked, probs, hard, weight, index=None, end=None) -> torch.Tensor:
         """Summed reward `(N,)` of the responses whose masked positions are fed as EntRGi embeddings (`index`: see
-        `response_embeddings`)."""
+        `response_embeddings`); with `end`, the responses are cut there (positions from `end` on are hidden)."""
         sampled = tokens.masked_scatter(masked, hard)
         visible = visible_before_eos(sampled, self._call["eos_token_id"])
+        if end is not None and end < tokens.shape[1]:
+            visible[:, end:] = False
         total = 0.0
         for term in self.terms:
             embeds = self.response_embeddings(term, tokens, masked, probs, hard, weight, index)
             total = total + term.weight * term.reward(embeds, visible.to(embeds.device)).to(probs.device)
         if self.config.keep_trace:
-            self.trace.append({"tokens": sampled, "reward": total.detach(), "weight": weight.detach().reshape(-1)})
+            self.trace.append(
+                {"tokens": sampled, "visible": visible, "reward": total.detach(), "weight": weight.detach().reshape(-1)}
+            )
         return total
 
     def callback_fn(self, pipeline, step_index: int, timestep, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -270,13 +274,25 @@ class RewardGuidance(PipelineCallback):
             return callback_kwargs
         logits, tokens = callback_kwargs["logits"], callback_kwargs["response_tokens"]
         masked = tokens == self._call["mask_token_id"]
+        # With blocks and the "block" scope, the reward model reads the response up to the current block's end and
+        # only that block is guided; later blocks stay masked, unseen.
+        state = pipeline.sampling_state
+        end = None
+        if state.get("guidance_scope", "block") == "block" and "block" in state:
+            start, end = state["block"]
+            if (start, end) != (0, tokens.shape[1]):
+                in_block = torch.zeros_like(masked[0])
+                in_block[start:end] = True
+                masked = masked & in_block
+            else:
+                end = None
         # The one host sync of a guided step (it sizes the masked rows); `rows` groups the positions of each sample.
         rows, columns = masked.nonzero(as_tuple=True)
         if rows.numel() == 0:
             return callback_kwargs
         phi, fallback = optimize_logits(
             logits[rows, columns],
-            lambda probs, hard, weight: self.guided_reward(tokens, masked, probs, hard, weight, (rows, columns)),
+            lambda probs, hard, weight: self.guided_reward(tokens, masked, probs, hard, weight, (rows, columns), end),
             method=self.config.guidance,
             num_steps=self.config.guidance_steps,
             lr=self.config.guidance_lr,

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-CONFIDENCE_RULES = ("entropy", "maskgit_plus", "topk_margin", "origin", "anchor")
+CONFIDENCE_RULES = ("entropy", "maskgit_plus", "topk_margin", "origin", "anchor", "random")
+COMMIT_SCHEDULES = ("time", "even", "time_floor")
 # Subtracted from the confidence of end-of-sequence candidates so that they are committed last.
 _EOS_PENALTY = 1e4
 
@@ -196,36 +198,69 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
     """
     Scheduler for masked discrete diffusion language models (MDLM, Dream, LLaDA, BERT-style).
 
-    Time runs from `t = 1` (all masked) to `t = eps` over `num_inference_steps` steps, `t_i = linspace(1, eps, T+1)`.
-    At step `i`, a token is sampled for every masked position, and `round(n_masked * (1 - t_{i+1} / t_i))` of them are
-    committed (all that remain at the last step), the most confident first. End-of-sequence candidates are committed
-    after all others when `eos_last=True`.
+    At every step a token is sampled for every masked position of the current block (the whole response when
+    `block_length` is `None`) and some of them are committed, the most confident first; the rest stay masked.
+
+    **Blocks.** With `block_length`, the response is cut into `gen_length / block_length` blocks decoded left to
+    right (semi-autoregressive, as LLaDA-Instruct is used); the `num_inference_steps` steps are split evenly over
+    them, only the current block's positions can be committed, and later blocks stay masked (the model still sees
+    them, masked). With blocks, a response whose first end-of-sequence token is committed with everything before it
+    is finished: [`~MaskedDiffusionScheduler.finished`] tells the pipeline when every response is, and
+    [`~MaskedDiffusionScheduler.fill_after_eos`] makes the rest of each finished response end-of-sequence.
+
+    **Commit schedules** (`commit_schedule`), how many of the block's `n` masked positions step `i` commits (all that
+    remain at the block's last step); time runs from `t = 1` to `t = eps` within each block,
+    `t_i = linspace(1, eps, S + 1)` for `S` steps per block:
+        - `"time"`: `round(n * (1 - t_{i+1} / t_i))` (the default).
+        - `"even"`: LLaDA's: the block's masked count split evenly over its steps, the remainder to the first steps
+          (`ceil(n / steps_left)`, the same counts).
+        - `"time_floor"`: Dream's: `floor(n * (1 - t_{i+1} / t_i))`, on its float32 time grid.
+
+    **Threshold (parallel) decoding.** With `threshold`, a step commits every candidate of the current block whose
+    confidence is at least `threshold`, and at least `minimal_topk`; a block ends as soon as it is full (in every
+    row), so the number of model calls depends on the text; the block's last budgeted step commits all that remain.
+    The threshold is read on a probability scale: the sampled token's probability (`maskgit_plus`, `anchor`), the
+    margin (`topk_margin`) or `exp(-entropy)` (`entropy`).
 
     Confidence rules (`confidence`):
         - `"entropy"`: negative entropy of the (tempered) distribution of the position.
-        - `"maskgit_plus"`: probability of the sampled token.
+        - `"maskgit_plus"`: probability of the sampled token (LLaDA's `low_confidence` remasking).
         - `"topk_margin"`: difference between the two largest probabilities.
         - `"origin"`: the original MDLM ancestral sampler: every masked position is committed independently with
           probability `1 - t_{i+1} / t_i`, so the number committed per step varies.
         - `"anchor"`: committed tokens anchor the rest: masked positions nearest a committed (or prompt) token go
           first, ties broken by the probability of the sampled token. Text grows outward from what is fixed.
+        - `"random"`: a uniformly random order (LLaDA's `random` remasking), counts from the commit schedule.
+
+    With `confidence_temperature` (Dream's `alg_temp`), the positions to commit are drawn without replacement from
+    `softmax(confidence / confidence_temperature)` instead of taking the most confident ones.
 
     Confidences use `confidence_logits` when [`~MaskedDiffusionScheduler.step`] gets them (the pipeline passes the
-    model's unguided logits, so reward guidance changes *what* is sampled, not *where*), else `model_output`.
+    model's unguided logits, so reward guidance changes *what* is sampled, not *where*), else `model_output`. At
+    `temperature=0` decoding is greedy: the argmax is taken and confidences come from the untempered distribution.
+    The mask token is never a candidate.
 
     Args:
         eps (`float`, defaults to 1e-3): the final time.
         confidence (`str`, defaults to `"entropy"`): the rule above that orders the commits.
         eos_last (`bool`, defaults to `True`): commit end-of-sequence candidates after all others (ranked rules;
             `origin` commits every position independently and ignores it).
+        block_length (`int`, *optional*): the block length; `None` decodes the whole response as one block.
+        commit_schedule (`str`, defaults to `"time"`): `"time"`, `"even"` or `"time_floor"` (above).
+        threshold (`float`, *optional*): commit every candidate whose confidence is at least this, in (0, 1].
+        minimal_topk (`int`, defaults to 1): with `threshold`, the fewest positions a step commits.
+        confidence_temperature (`float`, *optional*): draw the committed positions from
+            `softmax(confidence / confidence_temperature)` (> 0); `None` or 0 takes the most confident.
 
     Examples:
         ```py
         >>> import torch
         >>> from entrgi_pipelines import MaskedDiffusionScheduler
 
-        >>> scheduler = MaskedDiffusionScheduler(confidence="maskgit_plus")
-        >>> scheduler.set_timesteps(4)
+        >>> scheduler = MaskedDiffusionScheduler(confidence="maskgit_plus", block_length=4, commit_schedule="even")
+        >>> scheduler.set_timesteps(4, gen_length=8)  # two blocks of 4 tokens, two steps each
+        >>> scheduler.num_blocks, scheduler.steps_per_block
+        (2, 2)
         >>> sample = torch.full((2, 8), 99)  # two responses of 8 tokens, all masked (mask id 99)
         >>> generator = torch.Generator().manual_seed(0)
         >>> for t in scheduler.timesteps:
@@ -239,58 +274,136 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
     order = 1
 
     @register_to_config
-    def __init__(self, eps: float = 1e-3, confidence: str = "entropy", eos_last: bool = True):
+    def __init__(
+        self,
+        eps: float = 1e-3,
+        confidence: str = "entropy",
+        eos_last: bool = True,
+        block_length: int | None = None,
+        commit_schedule: str = "time",
+        threshold: float | None = None,
+        minimal_topk: int = 1,
+        confidence_temperature: float | None = None,
+    ):
         if confidence not in CONFIDENCE_RULES:
             raise ValueError(f"`confidence` must be one of {CONFIDENCE_RULES}, got {confidence!r}.")
         if not 0.0 < eps < 1.0:
             raise ValueError(f"`eps` must be in (0, 1), got {eps}.")
+        if commit_schedule not in COMMIT_SCHEDULES:
+            raise ValueError(
+                f"`commit_schedule` must be one of {COMMIT_SCHEDULES} (today's rule, LLaDA's, Dream's), got "
+                f"{commit_schedule!r}."
+            )
+        check_decoding_arguments(
+            block_length=block_length, threshold=threshold, minimal_topk=minimal_topk, confidence=confidence
+        )
+        if confidence_temperature is not None and not (
+            isinstance(confidence_temperature, numbers.Real)
+            and not isinstance(confidence_temperature, bool)
+            and 0 <= confidence_temperature < math.inf
+        ):
+            raise ValueError(
+                "`confidence_temperature` must be a finite number >= 0 (0 or None: the most confident positions), "
+                f"got {confidence_temperature!r}."
+            )
         self.num_inference_steps: int | None = None
         self.sigmas: torch.Tensor | None = None
         self.timesteps: torch.Tensor | None = None
+        self.num_blocks = 1
+        self.steps_per_block: int | None = None
+        self.block_length: int | None = None
+        self._blockwise = False
         self._step_index: int | None = None
 
     @property
     def step_index(self) -> int | None:
-        """The index of the step to be taken next (`None` before the first step)."""
+        """The index (in `timesteps`) of the step to be taken next (`None` before the first step). After a block
+        ends early (threshold decoding), it skips to the next block's first step."""
         return self._step_index
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Sets the `num_inference_steps` times `t_0 = 1 > ... > t_{T-1}`; `sigmas` holds them and `t_T = eps`."""
+    def set_timesteps(
+        self,
+        num_inference_steps: int,
+        device: str | torch.device | None = None,
+        gen_length: int | None = None,
+        block_length: int | None = None,
+    ) -> None:
+        """Sets the `num_inference_steps` times: `S = num_inference_steps / num_blocks` steps per block, each block on
+        the grid `t_0 = 1 > ... > t_{S-1}` (`sigmas` holds it and `t_S = eps`), repeated for every block.
+
+        Args:
+            num_inference_steps (`int`): all the steps of a call (the budget, with threshold decoding).
+            device (*optional*): where `timesteps` go.
+            gen_length (`int`, *optional*): the response length; needed for blocks.
+            block_length (`int`, *optional*): overrides the config's `block_length` for this call.
+        """
         if not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        block_length = self.config.block_length if block_length is None else block_length
+        check_decoding_arguments(
+            block_length=block_length, gen_length=gen_length, num_inference_steps=num_inference_steps
+        )
+        self._blockwise = block_length is not None and gen_length is not None
+        self.num_blocks = gen_length // block_length if self._blockwise else 1
+        self.block_length = block_length if self._blockwise else gen_length
         self.num_inference_steps = num_inference_steps
-        self.sigmas = torch.linspace(1.0, self.config.eps, num_inference_steps + 1, dtype=torch.float64)
-        self.timesteps = self.sigmas[:-1].to(device=device, dtype=torch.float32)
+        self.steps_per_block = num_inference_steps // self.num_blocks
+        self.sigmas = torch.linspace(1.0, self.config.eps, self.steps_per_block + 1, dtype=torch.float64)
+        self.timesteps = self.sigmas[:-1].repeat(self.num_blocks).to(device=device, dtype=torch.float32)
         self._step_index = None
 
     def index_for_timestep(self, timestep: float | torch.Tensor) -> int:
-        """The position of `timestep` in `timesteps`."""
+        """The first position of `timestep` in `timesteps`."""
         t = float(timestep)
         index = int(torch.argmin((self.sigmas[:-1] - t).abs()))
         if abs(float(self.sigmas[index]) - t) > 1e-5:
             raise ValueError(f"`timestep` {t} is not one of the scheduler's timesteps; call `set_timesteps` first.")
         return index
 
+    def block_bounds(self, step_index: int) -> tuple[int, int]:
+        """`(start, end)`: the response positions of the block that step `step_index` decodes."""
+        if self.block_length is None:
+            raise ValueError("Call `set_timesteps(..., gen_length=...)` before asking for block bounds.")
+        block = step_index // self.steps_per_block
+        return block * self.block_length, (block + 1) * self.block_length
+
     def unmask_fraction(self, step_index: int) -> float:
-        """`1 - t_{i+1} / t_i`: the expected fraction of still-masked positions committed at step `i`."""
-        return (
-            1.0
-            if step_index >= self.num_inference_steps - 1
-            else float(1.0 - self.sigmas[step_index + 1] / self.sigmas[step_index])
-        )
+        """`1 - t_{i+1} / t_i` within the block: the expected fraction of its masked positions committed at step
+        `step_index` (1 at the block's last step)."""
+        step = step_index % self.steps_per_block
+        if step >= self.steps_per_block - 1:
+            return 1.0
+        return float(1.0 - self.sigmas[step + 1] / self.sigmas[step])
 
     def num_tokens_to_commit(self, num_masked: torch.LongTensor, step_index: int) -> torch.LongTensor:
-        """How many of `num_masked` positions (per row) to commit at step `step_index`; all of them at the last."""
-        if step_index >= self.num_inference_steps - 1:
+        """How many of the block's `num_masked` positions (per row) to commit at step `step_index`, by the commit
+        schedule; all of them at the block's last step."""
+        step = step_index % self.steps_per_block
+        if step >= self.steps_per_block - 1:
             return num_masked
+        schedule = self.config.commit_schedule
+        if schedule == "even":
+            steps_left = self.steps_per_block - step
+            return torch.div(num_masked + steps_left - 1, steps_left, rounding_mode="floor")
+        if schedule == "time_floor":
+            # Dream's arithmetic: a float32 grid and a float32 product, truncated
+            grid = torch.linspace(1.0, self.config.eps, self.steps_per_block + 1)
+            fraction = 1 - grid[step + 1] / grid[step]
+            return (num_masked.float() * fraction.to(num_masked.device)).long().clamp(max=num_masked)
         return torch.round(num_masked * self.unmask_fraction(step_index)).long().clamp(max=num_masked)
 
     def _confidence(
-        self, logits: torch.Tensor, tokens: torch.LongTensor, masked: torch.BoolTensor, generator
+        self,
+        logits: torch.Tensor,
+        tokens: torch.LongTensor,
+        candidates: torch.BoolTensor,
+        masked: torch.BoolTensor,
+        generator,
     ) -> torch.Tensor:
-        """Confidence of each masked position (rows of `logits` are the masked positions, in order)."""
+        """Confidence of each candidate position (rows of `logits` are the candidates, in order; `masked` marks every
+        masked position of the response, later blocks included)."""
         rule = self.config.confidence
-        if rule == "origin":
+        if rule in ("origin", "random"):
             return _uniform(tokens.shape, generator, logits.device)
         log_probs = logits.float().log_softmax(-1)
         if rule == "entropy":
@@ -301,14 +414,16 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         token_prob = log_probs.gather(-1, tokens[:, None]).squeeze(-1).exp()
         if rule == "maskgit_plus":
             return token_prob
-        # anchor: distance (in positions) to the nearest token that is not masked; a row is (N, L).
-        positions = torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
-        big = masked.shape[1] + 1
-        left = torch.where(~masked, positions, -big).cummax(-1).values
-        right = torch.where(~masked, positions, 2 * big).flip(-1).cummin(-1).values.flip(-1)
-        # The prompt precedes the response: position -1 is always an anchor.
-        distance = torch.minimum(positions - left.clamp(min=-1), right - positions)
-        return token_prob - distance[masked].to(token_prob.dtype)
+        return token_prob - _anchor_distance(masked)[candidates].to(token_prob.dtype)
+
+    def _threshold_scale(self, confidence: torch.Tensor, masked: torch.BoolTensor) -> torch.Tensor:
+        """The confidence on the probability scale that `threshold` is compared with."""
+        rule = self.config.confidence
+        if rule == "entropy":
+            return confidence.exp()
+        if rule == "anchor":  # the token's probability, without the distance
+            return confidence + _anchor_distance(masked).to(confidence.dtype)
+        return confidence
 
     def step(
         self,
@@ -322,11 +437,13 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         top_p: float | None = None,
         top_k: int | None = None,
         eos_token_id: int | None = None,
+        threshold: float | None = None,
+        minimal_topk: int | None = None,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ) -> MaskedDiffusionSchedulerOutput | tuple:
         """
-        Samples every masked position and commits the most confident ones.
+        Samples every masked position of the current block and commits the most confident ones.
 
         Args:
             model_output (`torch.Tensor` of shape `(batch_size, gen_length, vocab_size)`):
@@ -335,10 +452,12 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             sample (`torch.LongTensor` of shape `(batch_size, gen_length)`): the current response tokens.
             mask_token_id (`int`): the id that marks a masked position.
             confidence_logits (`torch.Tensor`, *optional*): logits the confidence is computed from (see class doc).
-            temperature (`float`, defaults to 1.0): sampling temperature (> 0); confidences use it too.
+            temperature (`float`, defaults to 1.0): sampling temperature (>= 0; 0 is greedy); confidences use it too.
             top_p (`float`, *optional*): nucleus sampling mass in (0, 1].
             top_k (`int`, *optional*): sample among the `top_k` most likely tokens.
             eos_token_id (`int`, *optional*): end-of-sequence id, committed last when `eos_last=True`.
+            threshold (`float`, *optional*): overrides the config's `threshold` for this step.
+            minimal_topk (`int`, *optional*): overrides the config's `minimal_topk` for this step.
             generator (`torch.Generator`, *optional*): makes the sampling reproducible.
             return_dict (`bool`, defaults to `True`): return a [`MaskedDiffusionSchedulerOutput`] or a tuple.
 
@@ -348,14 +467,26 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if self.timesteps is None:
             raise ValueError("Call `set_timesteps` before `step`.")
         _check_step_inputs(model_output, sample, mask_token_id, temperature, top_p, top_k)
+        threshold = self.config.threshold if threshold is None else threshold
+        minimal_topk = self.config.minimal_topk if minimal_topk is None else minimal_topk
+        check_decoding_arguments(threshold=threshold, minimal_topk=minimal_topk, confidence=self.config.confidence)
         if self._step_index is None:
             self._step_index = self.index_for_timestep(timestep)
         step_index = self._step_index
+        last_of_block = step_index % self.steps_per_block == self.steps_per_block - 1
 
-        masked = sample == mask_token_id
+        masked = all_masked = sample == mask_token_id
+        if self._blockwise:  # the candidates: the current block's masked positions
+            start, end = self.block_bounds(step_index)
+            in_block = torch.zeros(sample.shape[1], dtype=torch.bool, device=sample.device)
+            in_block[start:end] = True
+            masked = all_masked & in_block
         # Vocabulary-wide work touches masked rows only. The mask token itself is never a candidate.
         # (boolean indexing copies: dividing that copy in place saves a (P, V) tensor)
-        logits = model_output[masked].float().div_(temperature)
+        greedy = temperature == 0
+        logits = model_output[masked].float()
+        if not greedy:
+            logits.div_(temperature)
         logits[:, mask_token_id] = float("-inf")
         # One sync per step: a row without a distribution (NaN, +inf, or nothing but -inf) cannot be sampled.
         invalid = int((~logits.amax(-1).isfinite()).sum()) if logits.numel() else 0
@@ -365,9 +496,17 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
                 "(NaN, +inf, or -inf everywhere but the mask token): check the model and the callbacks that edit "
                 "the logits."
             )
-        tokens = sample_tokens(logits, top_k=top_k, top_p=top_p, generator=generator)
-        source = logits if confidence_logits is None else confidence_logits[masked].float().div_(temperature)
-        row_confidence = self._confidence(source, tokens, masked, generator)
+        if greedy:
+            tokens = logits.argmax(-1)
+        else:
+            tokens = sample_tokens(logits, top_k=top_k, top_p=top_p, generator=generator)
+        if confidence_logits is None:
+            source = logits
+        else:
+            source = confidence_logits[masked].float()
+            if not greedy:
+                source.div_(temperature)
+        row_confidence = self._confidence(source, tokens, masked, all_masked, generator)
 
         sampled = sample.masked_scatter(masked, tokens)
         confidence = torch.full(sample.shape, float("-inf"), device=sample.device)
@@ -375,19 +514,103 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if self.config.confidence == "origin":
             commit = masked & (confidence < self.unmask_fraction(step_index))
         else:
+            num_masked = masked.sum(-1)
+            if last_of_block:
+                k = num_masked
+            elif threshold is not None:
+                above = (self._threshold_scale(confidence, all_masked) >= threshold) & masked
+                k = torch.minimum(above.sum(-1).clamp(min=minimal_topk), num_masked)
+            else:
+                k = self.num_tokens_to_commit(num_masked, step_index)
+            key = confidence
+            temperature_c = self.config.confidence_temperature
+            if temperature_c:
+                # Gumbel top-k: the first k of these keys are k draws without replacement from softmax(c / T_c)
+                gumbel = -torch.log(-torch.log(_uniform(sample.shape, generator, sample.device).clamp_(min=1e-20)))
+                key = torch.where(masked, confidence / temperature_c + gumbel, confidence)
             if self.config.eos_last and eos_token_id is not None:
-                confidence = torch.where(masked & (sampled == eos_token_id), confidence - _EOS_PENALTY, confidence)
-            k = self.num_tokens_to_commit(masked.sum(-1), step_index)
-            ranks = confidence.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+                key = torch.where(masked & (sampled == eos_token_id), key - _EOS_PENALTY, key)
+            ranks = key.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
             commit = masked & (ranks < k[:, None])
         prev_sample = torch.where(commit, sampled, sample)
         self._step_index += 1
+        if not last_of_block and self._blockwise | (threshold is not None):
+            # a block full in every row ends early (one host sync): its remaining budgeted steps are skipped
+            if not bool((masked & ~commit).any()):
+                block = step_index // self.steps_per_block
+                self._step_index = (block + 1) * self.steps_per_block
 
         if not return_dict:
             return prev_sample, sampled, commit, confidence
         return MaskedDiffusionSchedulerOutput(
             prev_sample=prev_sample, sampled_tokens=sampled, commit_mask=commit, confidence=confidence
         )
+
+    def finished(self, sample: torch.LongTensor, mask_token_id: int, eos_token_id: int | None) -> torch.BoolTensor:
+        """Per row of `sample` `(N, L)`: whether its first end-of-sequence token is committed and no position
+        before it is masked (nothing later can change its text)."""
+        if eos_token_id is None:
+            return torch.zeros(sample.shape[0], dtype=torch.bool, device=sample.device)
+        is_eos = sample == eos_token_id
+        first_eos = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), sample.shape[1])
+        positions = torch.arange(sample.shape[1], device=sample.device)
+        masked_before = ((sample == mask_token_id) & (positions < first_eos[:, None])).any(-1)
+        return is_eos.any(-1) & ~masked_before
+
+    @staticmethod
+    def fill_after_eos(sample: torch.LongTensor, finished: torch.BoolTensor, eos_token_id: int) -> torch.LongTensor:
+        """`sample` with every position after a finished row's first end-of-sequence token set to it."""
+        after = (sample == eos_token_id).int().cumsum(-1) > 0
+        return torch.where(after & finished[:, None], eos_token_id, sample)
+
+
+def check_decoding_arguments(
+    *,
+    block_length: Any = None,
+    gen_length: int | None = None,
+    num_inference_steps: int | None = None,
+    threshold: Any = None,
+    minimal_topk: Any = 1,
+    confidence: str | None = None,
+) -> None:
+    """Refuses decoding settings that cannot work, naming the argument and the fix (the scheduler's config, its
+    `set_timesteps` and `step`, and the pipeline's call share it)."""
+    if block_length is not None:
+        if isinstance(block_length, bool) or not isinstance(block_length, numbers.Integral) or block_length <= 0:
+            raise ValueError(f"`block_length` must be a positive integer or None (one block), got {block_length!r}.")
+        if gen_length is not None and gen_length % block_length:
+            raise ValueError(
+                f"`block_length` ({block_length}) must divide `gen_length` ({gen_length}): pass a divisor of "
+                f"{gen_length}, or None for one block."
+            )
+        if gen_length is not None and num_inference_steps is not None:
+            num_blocks = gen_length // block_length
+            if num_inference_steps % num_blocks:
+                raise ValueError(
+                    f"`num_inference_steps` ({num_inference_steps}) must be divisible by the number of blocks "
+                    f"(`gen_length / block_length` = {num_blocks}): pass a multiple of {num_blocks}, or a larger "
+                    "`block_length`."
+                )
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold <= 1:
+            raise ValueError(f"`threshold` must be a number in (0, 1] or None (fixed steps), got {threshold!r}.")
+        if confidence in ("origin", "random"):
+            raise ValueError(
+                f"`threshold` needs a confidence that measures the model's certainty, not `confidence={confidence!r}`:"
+                " use 'maskgit_plus', 'entropy', 'topk_margin' or 'anchor', or drop `threshold`."
+            )
+    if isinstance(minimal_topk, bool) or not isinstance(minimal_topk, numbers.Integral) or minimal_topk < 1:
+        raise ValueError(f"`minimal_topk` must be an integer >= 1, got {minimal_topk!r}.")
+
+
+def _anchor_distance(masked: torch.BoolTensor) -> torch.LongTensor:
+    """`(N, L)`: each position's distance to the nearest position that is not masked (the prompt, before position 0,
+    always counts)."""
+    positions = torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
+    big = masked.shape[1] + 1
+    left = torch.where(~masked, positions, -big).cummax(-1).values
+    right = torch.where(~masked, positions, 2 * big).flip(-1).cummin(-1).values.flip(-1)
+    return torch.minimum(positions - left.clamp(min=-1), right - positions)
 
 
 def _check_step_inputs(model_output, sample, mask_token_id, temperature, top_p, top_k) -> None:
@@ -407,8 +630,8 @@ def _check_step_inputs(model_output, sample, mask_token_id, temperature, top_p, 
             f"`mask_token_id` must be a token id in [0, {model_output.shape[-1]}) (the logits' width), got "
             f"{mask_token_id}."
         )
-    if not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
-        raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+        raise ValueError(f"`temperature` must be a finite number >= 0 (0 is greedy), got {temperature!r}.")
     if top_p is not None and not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
         raise ValueError(f"`top_p` must be in (0, 1] or None, got {top_p!r}.")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k <= 0):

@@ -17,8 +17,12 @@ from diffusers.utils import BaseOutput, replace_example_docstring
 from ...guidance.entrgi import GUIDANCE_METHODS
 from ...guidance.reward_guidance import RewardGuidance
 from ...guidance.rewards import visible_before_eos
-from ...hub import HubPipelineMixin
-from ...schedulers.scheduling_masked_diffusion import MaskedDiffusionScheduler
+from ...pipelines.hub_utils import HubPipelineMixin
+from ...schedulers.scheduling_masked_diffusion import MaskedDiffusionScheduler, check_decoding_arguments
+
+# What the reward model sees with blocks: every masked position ("response") or the response up to the current
+# block's end, only the current block guided ("block").
+GUIDANCE_SCOPES = ("block", "response")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -52,8 +56,11 @@ class EntRGiPipelineOutput(BaseOutput):
         all_texts (`list[list[str]]`): every sample, `B x K`.
         rewards (`torch.Tensor` of shape `(B, K)` or `None`): the reward of each sample on its discrete tokens.
         sequences (`torch.LongTensor` of shape `(B, K, gen_length)`): the generated token ids (no mask token left).
-        trajectory (`torch.LongTensor` of shape `(T, B, K, gen_length)` or `None`): the response tokens after each
-            denoising step, mask ids included (the last step equals `sequences`); only with `output_trajectory=True`.
+        trajectory (`torch.LongTensor` of shape `(nfe, B, K, gen_length)` or `None`): the response tokens after
+            each denoising step, mask ids included (the last step equals `sequences`, except that end-of-sequence
+            filling may follow it with blocks); only with `output_trajectory=True`.
+        nfe (`int`): the number of forward calls of the diffusion model that the call made (fewer than
+            `num_inference_steps` when threshold decoding ends blocks early or every response has ended).
     """
 
     texts: list[str]
@@ -61,6 +68,7 @@ class EntRGiPipelineOutput(BaseOutput):
     rewards: torch.Tensor | None
     sequences: torch.LongTensor
     trajectory: torch.LongTensor | None = None
+    nfe: int | None = None
 
 
 def detect_logits_shift(config: Any) -> bool:
@@ -207,6 +215,10 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         callback_on_step_end,
         callback_on_step_end_tensor_inputs,
         generator=None,
+        block_length=None,
+        threshold=None,
+        minimal_topk=None,
+        guidance_scope=None,
     ) -> None:
         given = [
             name
@@ -265,8 +277,21 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             raise ValueError(f"`guidance_steps` must be an integer >= 0, got {guidance_steps!r}.")
         if not isinstance(guidance_lr, (int, float)) or not 0 < guidance_lr < math.inf:
             raise ValueError(f"`guidance_lr` must be a finite number > 0, got {guidance_lr!r}.")
-        if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
-            raise ValueError(f"`temperature` must be a finite number > 0 (lower is greedier), got {temperature!r}.")
+        if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 <= temperature < math.inf):
+            raise ValueError(
+                f"`temperature` must be a finite number >= 0 (lower is greedier, 0 is greedy), got {temperature!r}."
+            )
+        config = self.scheduler.config
+        check_decoding_arguments(
+            block_length=config.block_length if block_length is None else block_length,
+            gen_length=gen_length if isinstance(gen_length, int) else None,
+            num_inference_steps=num_inference_steps if isinstance(num_inference_steps, int) else None,
+            threshold=config.threshold if threshold is None else threshold,
+            minimal_topk=config.minimal_topk if minimal_topk is None else minimal_topk,
+            confidence=config.confidence,
+        )
+        if guidance_scope is not None and guidance_scope not in GUIDANCE_SCOPES:
+            raise ValueError(f"`guidance_scope` must be one of {GUIDANCE_SCOPES} or None, got {guidance_scope!r}.")
         if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
             raise ValueError(f"`top_p` must be in (0, 1] or None, got {top_p!r}.")
         if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
@@ -378,6 +403,10 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_dict: bool = True,
         output_trajectory: bool = False,
+        block_length: int | None = None,
+        threshold: float | None = None,
+        minimal_topk: int | None = None,
+        guidance_scope: str | None = None,
     ) -> EntRGiPipelineOutput | tuple:
         r"""
         Generates `num_samples_per_prompt` responses per prompt, guided toward higher reward when a reward model is
@@ -396,7 +425,8 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             num_samples_per_prompt (`int`, defaults to 4): samples `K` per prompt.
             guidance_steps (`int`, defaults to 3): Adam steps `M` on the logits per denoising step.
             guidance_lr (`float`, defaults to 0.5): Adam learning rate `eta`.
-            temperature (`float`, defaults to 0.7): sampling temperature `tau` (> 0).
+            temperature (`float`, defaults to 0.7): sampling temperature `tau` (>= 0); 0 decodes greedily (the
+                argmax; guidance then relaxes `softmax(phi)` and feeds the argmax as the hard token).
             top_p (`float`, *optional*, defaults to 0.95): nucleus sampling mass.
             top_k (`int`, *optional*): sample among the `top_k` most likely tokens.
             generator (`torch.Generator`, *optional*): makes generation reproducible.
@@ -417,7 +447,21 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 `attention_mask`.
             return_dict (`bool`, defaults to `True`): return an [`EntRGiPipelineOutput`] or a tuple.
             output_trajectory (`bool`, defaults to `False`): also return the response tokens after every step
-                (`trajectory`, `(T, B, K, L)`, masks included), e.g. to animate the denoising. Off, nothing is kept.
+                (`trajectory`, `(nfe, B, K, L)`, masks included), e.g. to animate the denoising. Off, nothing is kept.
+            block_length (`int`, *optional*): decode the response in blocks of this many tokens, left to right
+                (LLaDA's semi-autoregressive sampling); overrides the scheduler's `block_length` for this call. It
+                must divide `gen_length`, and the number of blocks must divide `num_inference_steps`. With blocks the
+                call stops once every response is committed up to its first end-of-sequence token, and the rest of
+                each response is end-of-sequence.
+            threshold (`float`, *optional*): threshold (parallel) decoding: commit every candidate of the current
+                block whose confidence is at least this, in (0, 1]; overrides the scheduler's `threshold`.
+                `num_inference_steps` stays the budget; `nfe` in the output counts the model calls made.
+            minimal_topk (`int`, *optional*): with `threshold`, the fewest positions a step commits (the
+                scheduler's `minimal_topk`, 1, by default).
+            guidance_scope (`str`, *optional*): with blocks, what the reward model sees: `"block"` (the default) the
+                response up to the current block's end, only the current block's masked positions guided;
+                `"response"` every masked position as the method's soft/hard mix, all of them guided. The same with
+                one block.
 
         Examples:
 
@@ -445,6 +489,10 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
             generator=generator,
+            block_length=block_length,
+            threshold=threshold,
+            minimal_topk=minimal_topk,
+            guidance_scope=guidance_scope,
         )
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -479,6 +527,8 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             "top_p": top_p,
             "top_k": top_k,
             "generator": generator,
+            "guidance_scope": guidance_scope or "block",
+            "block": (0, L),  # the response positions the current step decodes
         }
         scorer = None
         if reward_model is not None:
@@ -508,15 +558,21 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 self, [p for p in reward_prompts for _ in range(K)], prompts=[p for p in prompt_texts for _ in range(K)]
             )
         scorer = scorer or (guidances[0] if guidances else None)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device, gen_length=L, block_length=block_length)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
+        blockwise = (block_length or self.scheduler.config.block_length) is not None
+        eos_token_id = self.eos_token_id
 
-        # 4. Denoising loop
+        # 4. Denoising loop: the scheduler says which step comes next (it skips the rest of a block that is full)
         frames = [] if output_trajectory else None
+        nfe, i = 0, 0
         with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
+            while i < len(timesteps):
+                t = timesteps[i]
+                self._sampling["block"] = self.scheduler.block_bounds(i)
                 logits = self.model(sequences, **model_inputs).logits
+                nfe += 1
                 logits = logits[:, start - 1 : start - 1 + L] if self.logits_shift else logits[:, start:]
                 logits[..., mask_token_id] = float("-inf")  # guidance and sampling never propose the mask
                 _check_model_logits(logits, i, len(timesteps))
@@ -542,13 +598,24 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                     temperature=temperature,
                     top_p=top_p,
                     top_k=top_k,
-                    eos_token_id=self.eos_token_id,
+                    eos_token_id=eos_token_id,
+                    threshold=threshold,
+                    minimal_topk=minimal_topk,
                     generator=generator,
                 ).prev_sample
                 sequences = torch.cat([sequences[:, :start], response_tokens], dim=1)
                 if frames is not None:
                     frames.append(response_tokens)  # a fresh tensor each step: nothing later writes into it
-                progress_bar.update()
+                progress_bar.update(self.scheduler.step_index - i)
+                i = self.scheduler.step_index
+                if blockwise and eos_token_id is not None:
+                    finished = self.scheduler.finished(response_tokens, mask_token_id, eos_token_id)
+                    if bool(finished.all()):  # nothing left can change any text: no further model calls
+                        break
+
+        if blockwise and eos_token_id is not None:
+            finished = self.scheduler.finished(sequences[:, start:], mask_token_id, eos_token_id)
+            sequences[:, start:] = self.scheduler.fill_after_eos(sequences[:, start:], finished, eos_token_id)
 
         # 5. Decode and score on the discrete tokens
         responses = sequences[:, start:]
@@ -576,7 +643,12 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             # The tuple grows only on request, so existing 4-way unpacking keeps working.
             return (best_texts, all_texts, rewards, sequences_out) + ((trajectory,) if output_trajectory else ())
         return EntRGiPipelineOutput(
-            texts=best_texts, all_texts=all_texts, rewards=rewards, sequences=sequences_out, trajectory=trajectory
+            texts=best_texts,
+            all_texts=all_texts,
+            rewards=rewards,
+            sequences=sequences_out,
+            trajectory=trajectory,
+            nfe=nfe,
         )
 
 
