@@ -39,11 +39,12 @@ class SoftHardProbe(RewardGuidance):
         super().__init__(*args, **kwargs)
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def guided_reward(self, tokens, masked, probs, hard, weight, index=None):
-        total = super().guided_reward(tokens, masked, probs, hard, weight, index)
+    def guided_reward(self, tokens, masked, probs, hard, weight, index=None, end=None):
+        total = super().guided_reward(tokens, masked, probs, hard, weight, index, end)
         with torch.no_grad():
-            # w = 1 feeds the sampled tokens' embeddings; no `index`: the workspace of the graph above stays untouched
-            hard_total = super().guided_reward(tokens, masked, probs, hard, torch.ones_like(weight))
+            # w = 1 feeds the sampled tokens' embeddings; no `index`: the workspace of the graph above stays untouched.
+            # The same `end`: with blocks, both read the response up to the current block's end.
+            hard_total = super().guided_reward(tokens, masked, probs, hard, torch.ones_like(weight), end=end)
         self.pairs.append((total.detach().float().clone(), hard_total.float().clone()))
         return total
 
