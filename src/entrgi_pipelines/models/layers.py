@@ -1,0 +1,127 @@
+"""The pieces Dream and LLaDA share: RMS normalisation, rotary position embeddings and bidirectional attention.
+
+Plain torch (`torch.nn.functional.scaled_dot_product_attention`), nothing from transformers' attention interface,
+so that one code path runs on every transformers version this package supports.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation computed in float32, cast back to the input's dtype, then scaled (as Llama, Qwen2, OLMo).
+
+    `weight` is the learnt scale; `bias` (LLaDA's `bias_for_layer_norm`) is added after it when present.
+    """
+
+    def __init__(self, size: int, eps: float, bias: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+        self.bias = nn.Parameter(torch.zeros(size)) if bias else None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        hidden_states = hidden_states.float()
+        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.eps)
+        hidden_states = self.weight * hidden_states.to(dtype)
+        return hidden_states if self.bias is None else hidden_states + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+def default_position_ids(batch_size: int, seq_len: int, device: torch.device) -> torch.LongTensor:
+    """`0 .. seq_len - 1` for every row: the positions of a sequence without left padding."""
+    return torch.arange(seq_len, device=device).expand(batch_size, seq_len)
+
+
+def rotary_cos_sin(position_ids: torch.LongTensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and sine of the rotary angles, float32, `(B, 1, S, head_dim)` (broadcast over the heads).
+
+    Position `p` turns the pair `(x[j], x[j + head_dim / 2])` by `p * theta ** (-2j / head_dim)`: the "rotate half"
+    layout of GPT-NeoX, Llama, Qwen2 and OLMo.
+    """
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim
+    inv_freq = 1.0 / (theta**exponents)
+    angles = position_ids.float()[..., None] * inv_freq  # (B, S, head_dim / 2)
+    angles = torch.cat((angles, angles), dim=-1)[:, None]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`x * cos + rotate_half(x) * sin`, in the dtype of `cos` (cast `cos`/`sin` or `x` beforehand to choose it)."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+def attention_mask_4d(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int) -> torch.Tensor | None:
+    """The boolean `(B, 1 or H, S, S)` mask (True: query may attend to key) that [`bidirectional_attention`] takes.
+
+    Accepts a `(B, S)` padding mask (1 or True for real tokens; the keys of padded positions are hidden from every
+    query), a boolean or integer `(B, 1 or H, S, S)` pairwise mask (Dream's own `generate` builds one from the padding
+    mask) or a floating-point `(B, 1 or H, S, S)` additive mask (0 to attend, a large negative number to hide), which
+    is passed through. Returns None when nothing is hidden, so that SDPA may pick its fastest kernel.
+    """
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 2:
+        if tuple(attention_mask.shape) != (batch_size, seq_len):
+            raise ValueError(
+                f"`attention_mask` of shape {tuple(attention_mask.shape)} does not match the input's "
+                f"(batch, sequence) = {(batch_size, seq_len)}."
+            )
+        keys = attention_mask.bool()
+        if bool(keys.all()):
+            return None
+        return keys[:, None, None, :].expand(batch_size, 1, seq_len, seq_len)
+    if attention_mask.dim() == 4:
+        if attention_mask.shape[0] != batch_size or tuple(attention_mask.shape[-2:]) != (seq_len, seq_len):
+            raise ValueError(
+                f"`attention_mask` of shape {tuple(attention_mask.shape)} does not match (batch, 1 or heads, "
+                f"sequence, sequence) = ({batch_size}, 1, {seq_len}, {seq_len})."
+            )
+        return attention_mask if attention_mask.is_floating_point() else attention_mask.bool()
+    raise ValueError(
+        f"`attention_mask` must be (batch, sequence) or (batch, 1 or heads, sequence, sequence), got "
+        f"{attention_mask.dim()} dimensions."
+    )
+
+
+def bidirectional_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, dropout: float = 0.0
+) -> torch.Tensor:
+    """Attention without a causal mask; `query` `(B, H, S, D)`, `key`/`value` `(B, H_kv, S, D)` (grouped queries).
+
+    A query row that the mask leaves with no key at all (a padded position under a pairwise mask) gets a zero output,
+    as torch's own math kernel gives it, on every backend: softmax over nothing would be NaN, and NaN in a padded
+    position's hidden state would reach every row at the next layer through `0 * NaN` in the attention product.
+    """
+    if key.shape[1] != query.shape[1]:
+        groups = query.shape[1] // key.shape[1]
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    empty = None
+    if mask is not None and mask.dtype == torch.bool:
+        empty = ~mask.any(dim=-1, keepdim=True)
+        mask = mask | empty
+    elif mask is not None:
+        mask = mask.to(query.dtype)
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=False)
+    return output if empty is None else output.masked_fill(empty, 0.0)
+
+
+def refuse_unsupported_kwargs(kwargs: dict) -> None:
+    """Arguments of the published forward passes that the native ones accept only unset (no cache, no weights)."""
+    accepted_unset = {"use_cache", "past_key_values", "output_attentions", "cache_position", "labels"}
+    for name, value in kwargs.items():
+        if name not in accepted_unset:
+            raise TypeError(f"forward() got an unexpected keyword argument {name!r}.")
+        if value is not None and value is not False:
+            raise ValueError(
+                f"`{name}` is not supported by the native Dream and LLaDA classes (no key/value cache, no attention "
+                "weights, no loss): leave it unset, or load the repository's own code with `trust_remote_code=True`."
+            )
