@@ -156,10 +156,11 @@ class HubPipelineMixin:
         return json.dumps({**json.loads(text), **self._repo_entries}, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+    def _dict_from_json_file(cls, json_file: str | os.PathLike, **kwargs) -> dict[str, Any]:
         # Read by `download` and `load_config`: the pipeline class asked for is this one, so the repo's entry point
-        # (`[pipeline_entrgi, EntRGiPipeline]`) is not needed and must not run.
-        config = super()._dict_from_json_file(json_file)
+        # (`[pipeline_entrgi, EntRGiPipeline]`) is not needed and must not run. (`kwargs`: diffusers 0.35 to
+        # 0.37 pass `dduf_entries`.)
+        config = super()._dict_from_json_file(json_file, **kwargs)
         class_name = config.get("_class_name")
         if isinstance(class_name, (list, tuple)) and len(class_name) == 2 and class_name[1] == cls.__name__:
             config["_class_name"] = cls.__name__
