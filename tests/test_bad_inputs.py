@@ -316,6 +316,12 @@ BENCH_CASES = {
         "different settings (eta)",
     ),
     "resume_garbage_file": (["--output", "{tmp}/garbage.json", "--resume"], "is not an entrgi-bench output file"),
+    "block_not_a_divisor": (["-L", "16", "--block-length", "5"], "`block_length` (5) must divide `gen_length` (16)"),
+    "steps_per_block": (["-L", "16", "-T", "6", "--block-length", "4"], "`num_inference_steps` (6) must be divisible"),
+    "threshold_zero": (["--threshold", "0"], "--threshold: must be a finite number in (0, 1]"),
+    "threshold_with_random": (["--threshold", "0.9", "--confidence", "random"], "`threshold` needs a confidence"),
+    "unknown_schedule": (["--commit-schedule", "linear"], "--commit-schedule: invalid choice"),
+    "negative_tau": (["--tau", "-1"], "--tau: must be a finite number in [0, inf)"),
 }
 
 
@@ -353,6 +359,12 @@ CLI_CASES = {
     "gif_name": (["animate", "the cat", "--target", "food", "--output", "x.png"], "--output must name a .gif"),
     "export_namespace": (["export", "{tmp}/out", "--namespace", "a/b"], "`namespace`"),
     "export_into_a_file": (["export", "{tmp}/prompts.jsonl"], "is a file: DIR must be a folder"),
+    "block_not_a_divisor": (["generate", "the cat", "--target", "food", "--block-length", "5"], "must divide"),
+    "animate_steps_per_block": (
+        ["animate", "the cat", "--target", "food", "-T", "30", "--block-length", "8"],
+        "must be divisible by the number of blocks",
+    ),
+    "unknown_confidence": (["generate", "the cat", "--target", "food", "--confidence", "best"], "invalid choice"),
 }
 
 

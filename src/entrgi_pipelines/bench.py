@@ -36,7 +36,15 @@ from tqdm.auto import tqdm
 
 from .checkpoint import BenchCheckpoint, write_json_atomic, write_text_atomic
 from .guidance.entrgi import GUIDANCE_METHODS
-from .runs import add_reward_argument, add_sampling_arguments, dllm_choice, guided_samples, judge_scores, load_reward
+from .runs import (
+    add_reward_argument,
+    add_sampling_arguments,
+    check_decoding,
+    dllm_choice,
+    guided_samples,
+    judge_scores,
+    load_reward,
+)
 from .validation import StrictArgumentParser, existing_file, exit_on_bad_input, model_folder, positive_int, read_jsonl
 
 # The bundled prompts per embedded dLLM version: v1 continues King-James-style text, v2 answers requests.
@@ -106,6 +114,7 @@ def summarise(records: list[dict], methods: list[str]) -> dict:
             "perplexity_smollm": math.exp(log_ppl_lm[0]),
             "distinct2": mean_ci([r["distinct2"] for r in rows])[0],
             "seconds_per_prompt": sum(r["seconds"] for r in rows) / max(len(rows), 1),
+            "nfe": mean_ci([r.get("nfe", math.nan) for r in rows])[0],
             "n": len(rows),
         }
     return summary
@@ -287,6 +296,7 @@ def run(args) -> dict:
                             "perplexity": fluency.perplexity(best_ids),
                             "distinct2": distinct_n(best_ids, 2),
                             "seconds": seconds,
+                            "nfe": out.nfe,  # the batch's dLLM calls (shared by its prompts)
                             "judge_seconds": judge_seconds,
                         }
                     )
@@ -327,6 +337,7 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
         if len(set(values)) != len(values):
             parser.error(f"--{name} lists {values}: give each once")
     exit_on_bad_input(parser, read_prompts, args.prompts, args.num_prompts)
+    exit_on_bad_input(parser, check_decoding, args)
     if args.reward_model and args.reward != "similarity":
         parser.error(f"--reward-model replaces the embedded reward: drop it or --reward {args.reward}")
     for flag, path in (("--output", args.output), ("--markdown", args.markdown)):

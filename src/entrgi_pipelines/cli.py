@@ -27,9 +27,9 @@ import textwrap
 import torch
 
 from .guidance.entrgi import GUIDANCE_METHODS
-from .runs import add_reward_argument, add_sampling_arguments
+from .runs import add_reward_argument, add_sampling_arguments, check_decoding
 from .stack.dllm import DLLM_VERSIONS
-from .validation import StrictArgumentParser, positive_int
+from .validation import StrictArgumentParser, exit_on_bad_input, positive_int
 
 
 def side_by_side(left: list[str], right: list[str], width: int) -> str:
@@ -45,6 +45,7 @@ def side_by_side(left: list[str], right: list[str], width: int) -> str:
 def generate(args) -> dict:
     from .runs import guided_samples, judge_scores, load_reward
     from .stack import load_embedded_stack
+    from .stack.text import readable_text
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,7 +73,8 @@ def generate(args) -> dict:
     print(f"{label['none']:<{width}} | {label[args.method]}")
     print(f"{'':=<{width}}=+={'':=<{width}}")
     cells = {
-        m: [f"[reward {r:+.3f} judge {j:.2f}] {args.prompt} {t}" for t, r, j in rows] for m, rows in results.items()
+        m: [f"[reward {r:+.3f} judge {j:.2f}] {args.prompt} {readable_text(t)}" for t, r, j in rows]
+        for m, rows in results.items()
     }
     print(side_by_side(cells["none"], cells[args.method], width))
     for m, rows in results.items():
@@ -86,6 +88,7 @@ def animate(args) -> None:
     """Writes a GIF of the denoising of the unguided and the guided best sample, side by side."""
     from .demo import check_comparison_inputs, compare_methods, denoising_gif
     from .stack import load_embedded_stack
+    from .stack.text import readable_text
 
     check_comparison_inputs(args.prompt, args.target, args.method, args.seed)
     if args.threads:
@@ -96,7 +99,8 @@ def animate(args) -> None:
     path = denoising_gif(stack, sides, args.output, args.prompt, args.target)
     for side in sides:
         best = side.best
-        print(f"{side.label}: reward {side.rewards[best]:+.4f} judge {side.judge[best]:.2f}  {side.texts[best]}")
+        text = readable_text(side.texts[best])
+        print(f"{side.label}: reward {side.rewards[best]:+.4f} judge {side.judge[best]:.2f}  {text}")
     print(f"wrote {path} ({args.steps} steps, {path.stat().st_size // 1024} KiB)")
 
 
@@ -154,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             exp.error(f"{args.dir!r} is a file: DIR must be a folder (it is created when missing)")
         export(args)
         return
+    exit_on_bad_input(sub.choices[args.command], check_decoding, args)  # before any model work
     if args.command == "animate":
         if not args.output.lower().endswith(".gif"):
             anim.error(f"--output must name a .gif file, got {args.output!r}")

@@ -29,7 +29,13 @@ from typing import Any
 
 import torch
 
-from .validation import model_folder, non_negative_int, positive_float, positive_int, probability
+from .schedulers.scheduling_masked_diffusion import (
+    COMMIT_SCHEDULES,
+    CONFIDENCE_RULES,
+    MaskedDiffusionScheduler,
+    check_decoding_arguments,
+)
+from .validation import model_folder, non_negative_float, non_negative_int, positive_float, positive_int, probability
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_length: int) -> None:
@@ -46,8 +52,51 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_leng
         "-M", "--guidance-steps", type=non_negative_int, default=3, help="Adam steps per denoising step"
     )
     parser.add_argument("--eta", type=positive_float, default=0.5, help="guidance learning rate")
-    parser.add_argument("--tau", type=positive_float, default=0.7, help="sampling temperature")
+    parser.add_argument("--tau", type=non_negative_float, default=0.7, help="sampling temperature (0: greedy)")
     parser.add_argument("--top-p", type=probability, default=0.95)
+    decoding = parser.add_argument_group("decoding (see docs/decoding.md)")
+    decoding.add_argument(
+        "--block-length",
+        type=positive_int,
+        default=None,
+        help="decode the response in blocks of this many tokens, left to right (default: one block)",
+    )
+    decoding.add_argument(
+        "--threshold",
+        type=probability,
+        default=None,
+        help="threshold decoding: commit every position at least this confident, in (0, 1] (default: fixed steps)",
+    )
+    decoding.add_argument(
+        "--commit-schedule",
+        choices=COMMIT_SCHEDULES,
+        default="time",
+        help="how many positions each step commits: time (default), even (LLaDA's), time_floor (Dream's)",
+    )
+    decoding.add_argument(
+        "--confidence",
+        choices=CONFIDENCE_RULES,
+        default="entropy",
+        help="which positions go first (default entropy; maskgit_plus is LLaDA's low-confidence remasking)",
+    )
+    decoding.add_argument(
+        "--guidance-scope",
+        choices=("block", "response"),
+        default="block",
+        help="with blocks, what guidance sees: the response up to the current block (default) or all of it",
+    )
+
+
+def check_decoding(args) -> None:
+    """Refuses decoding settings the pipeline would refuse (a `ValueError` naming the argument), before any model
+    work; for `exit_on_bad_input`."""
+    check_decoding_arguments(
+        block_length=getattr(args, "block_length", None),
+        gen_length=args.gen_length,
+        num_inference_steps=args.steps,
+        threshold=getattr(args, "threshold", None),
+        confidence=getattr(args, "confidence", "entropy"),
+    )
 
 
 def _whole_number(name: str, value: Any, minimum: int) -> int:
@@ -66,6 +115,11 @@ def sampling_settings(
     eta: float = 0.5,
     tau: float = 0.7,
     top_p: float = 0.95,
+    block_length: int | None = None,
+    threshold: float | None = None,
+    commit_schedule: str = "time",
+    confidence: str = "entropy",
+    guidance_scope: str = "block",
 ) -> argparse.Namespace:
     """The settings [`add_sampling_arguments`] parses from a command line, from values (K, T, L, M, eta, ...).
 
@@ -80,18 +134,38 @@ def sampling_settings(
         eta=eta,
         tau=tau,
         top_p=top_p,
+        block_length=None if block_length is None else _whole_number("block_length", block_length, 1),
+        threshold=threshold,
+        commit_schedule=commit_schedule,
+        confidence=confidence,
+        guidance_scope=guidance_scope,
     )
 
 
 def sampling_kwargs(args) -> dict:
-    """The pipeline arguments of K, T, L, tau and top-p as [`add_sampling_arguments`] parses them."""
+    """The pipeline arguments of K, T, L, tau, top-p and the decoding settings as [`add_sampling_arguments`] parses
+    them (the commit schedule and confidence rule are the scheduler's: see [`decoding_scheduler`])."""
     return {
         "num_inference_steps": args.steps,
         "gen_length": args.gen_length,
         "num_samples_per_prompt": args.num_samples,
         "temperature": args.tau,
         "top_p": args.top_p,
+        "block_length": getattr(args, "block_length", None),
+        "threshold": getattr(args, "threshold", None),
+        "guidance_scope": getattr(args, "guidance_scope", None),
     }
+
+
+def decoding_scheduler(scheduler: MaskedDiffusionScheduler, args) -> MaskedDiffusionScheduler:
+    """`scheduler` with the commit schedule and confidence rule of `args` (itself when they are already its own)."""
+    wanted = {
+        "commit_schedule": getattr(args, "commit_schedule", "time"),
+        "confidence": getattr(args, "confidence", "entropy"),
+    }
+    if all(scheduler.config[key] == value for key, value in wanted.items()):
+        return scheduler
+    return MaskedDiffusionScheduler.from_config(scheduler.config, **wanted)
 
 
 def guided_samples(
@@ -100,7 +174,9 @@ def guided_samples(
     """One pipeline call with the sampling settings of `args` (K, T, L, M, eta, tau, top_p), toward `targets`.
 
     `pipeline_kwargs` go to the pipeline as they are (e.g. `output_trajectory=True`, `callback_on_step_end=...`).
+    The pipeline's scheduler takes the commit schedule and confidence rule of `args`.
     """
+    pipe.scheduler = decoding_scheduler(pipe.scheduler, args)
     return pipe(
         prompts,
         reward_model=reward_model,
@@ -160,6 +236,8 @@ __all__ = [
     "REWARDS",
     "add_reward_argument",
     "add_sampling_arguments",
+    "check_decoding",
+    "decoding_scheduler",
     "dllm_choice",
     "guided_samples",
     "judge_scores",

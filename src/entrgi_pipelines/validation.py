@@ -102,6 +102,11 @@ def positive_float(text: str) -> float:
     return _number(float, text, 0, math.inf, True, True)
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number(float, text, 0, math.inf, False, True)
+
+
 def probability(text: str) -> float:
     """argparse type: a number in (0, 1]."""
     return _number(float, text, 0, 1, True, False)

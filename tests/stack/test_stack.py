@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -215,3 +218,24 @@ def test_cli_generate_prints_both_columns(capsys):
     )
     printed = capsys.readouterr().out
     assert "unguided" in printed and "entrgi" in printed and "Top@1 reward" in printed
+
+
+def test_cli_generate_with_decoding_flags_as_a_process():
+    """`entrgi generate` with blocks, threshold decoding, LLaDA's schedule and confidence, as a user runs it."""
+    flags = ["--block-length", "4", "--threshold", "0.5", "--commit-schedule", "even", "--confidence", "maskgit_plus"]
+    cmd = [sys.executable, "-m", "entrgi_pipelines.cli", "generate", "Describe the sea.", "--target", "food"]
+    cmd += ["-K", "2", "-T", "4", "-L", "8", "-M", "1", "--quiet", "--threads", "1", *flags]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "unguided" in done.stdout and "Top@1 reward" in done.stdout
+
+
+def test_bench_records_decoding_settings_and_model_calls(tmp_path):
+    output = tmp_path / "bench.json"
+    argv = ["--num-prompts", "2", "--seeds", "0", "--methods", "entrgi", "-K", "2", "-T", "4", "-L", "8", "-M", "1"]
+    bench.main([*argv, "--block-length", "4", "--threshold", "0.3", "--output", str(output)])
+    saved = json.loads(output.read_text())
+    assert saved["config"]["block_length"] == 4 and saved["config"]["threshold"] == 0.3
+    assert all(1 <= r["nfe"] <= 4 for r in saved["records"])
+    assert saved["summary"]["entrgi"]["nfe"] == sum(r["nfe"] for r in saved["records"]) / 2
