@@ -82,6 +82,10 @@ class RewardGuidance(PipelineCallback):
         compile (`bool`, defaults to `False`): run the vocabulary-wide part of each Adam step through `torch.compile`
             (eager where compilation fails; see [`optimize_logits`] and `docs/performance.md` for when it pays off).
 
+    After each denoising step, `guidance_reward` holds the summed reward `(N,)` that the step's last Adam step
+    computed on the method's input (`None` when the step was not guided): the pipeline's free `"guidance"` potential
+    for SMC resampling; `reward_of_tokens` scores response tokens as committed tokens (its `"hard"` potential).
+
     Examples:
         ```py
         >>> import torch
@@ -186,6 +190,8 @@ class RewardGuidance(PipelineCallback):
         self.trace: list[dict[str, torch.Tensor]] = []
         self._call: dict[str, Any] = {}
         self._fallbacks: list[torch.Tensor] = []  # per guided step: how many samples fell back (on device)
+        # The reward `(N,)` the last Adam step of the latest denoising step computed (None: that step was not guided).
+        self.guidance_reward: torch.Tensor | None = None
         # On CPU, the (P, V) temporaries of the guided steps of a call (see `Workspace`); released by `finish`.
         self._workspace: Workspace | None = None
 
@@ -267,6 +273,7 @@ class RewardGuidance(PipelineCallback):
     def callback_fn(self, pipeline, step_index: int, timestep, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         if not self._call:
             raise RuntimeError("RewardGuidance must be prepared by the pipeline; pass it as `callback_on_step_end`.")
+        self.guidance_reward = None
         cutoff_index = self.config.cutoff_step_index
         if cutoff_index is None:
             cutoff_index = int(pipeline.num_timesteps * self.config.cutoff_step_ratio)
@@ -290,9 +297,15 @@ class RewardGuidance(PipelineCallback):
         rows, columns = masked.nonzero(as_tuple=True)
         if rows.numel() == 0:
             return callback_kwargs
+        latest = []
+
+        def reward_fn(probs, hard, weight):
+            latest[:] = [self.guided_reward(tokens, masked, probs, hard, weight, (rows, columns), end)]
+            return latest[0]
+
         phi, fallback = optimize_logits(
             logits[rows, columns],
-            lambda probs, hard, weight: self.guided_reward(tokens, masked, probs, hard, weight, (rows, columns), end),
+            reward_fn,
             method=self.config.guidance,
             num_steps=self.config.guidance_steps,
             lr=self.config.guidance_lr,
@@ -305,6 +318,8 @@ class RewardGuidance(PipelineCallback):
             compile=self.config.compile,
             workspace=self._step_workspace(logits.device),
         )
+        # SMC's "guidance" potential: the reward of the method's input at the last Adam step (it costs nothing more)
+        self.guidance_reward = latest[0].detach() if latest else None
         per_sample = torch.zeros_like(masked[:, 0], dtype=torch.int).index_add_(0, rows, fallback.int())
         self._fallbacks.append((per_sample > 0).sum())
         # Rows by index: a mask broadcast over the vocabulary would cost a prefix sum over all N * L * V entries.
@@ -339,6 +354,27 @@ class RewardGuidance(PipelineCallback):
                 samples,
             )
         return steps, samples
+
+    @torch.no_grad()
+    def reward_of_tokens(self, tokens: torch.LongTensor, end: int | None = None) -> torch.Tensor:
+        """The summed reward `(N,)` of response tokens `(N, L)` fed as guidance feeds committed tokens (their own
+        embeddings; positions from the first end-of-sequence token on, and from `end` on, unseen). One forward of
+        each reward model, without gradient: SMC's `"hard"` potential, on the step's denoised estimate.
+
+        The same reward as guidance with hard inputs for these tokens, and so (where the text round trip is exact,
+        see `score_texts`) as the reported reward of the decoded text.
+        """
+        if not self._call:
+            raise RuntimeError("RewardGuidance must be prepared by the pipeline before it scores tokens.")
+        visible = visible_before_eos(tokens, self._call["eos_token_id"])
+        if end is not None and end < tokens.shape[1]:
+            visible[:, end:] = False
+        total = 0.0
+        for term in self.terms:
+            matrix = term.dllm_embedding_matrix()
+            embeds = matrix[tokens.to(matrix.device)]
+            total = total + term.weight * term.reward(embeds, visible.to(matrix.device)).to(tokens.device)
+        return total
 
     @torch.no_grad()
     def score_texts(self, texts: Sequence[str]) -> torch.Tensor:

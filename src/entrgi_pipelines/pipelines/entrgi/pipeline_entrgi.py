@@ -15,6 +15,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput, replace_example_docstring
 
 from ...guidance.entrgi import GUIDANCE_METHODS
+from ...guidance.resampling import ParticleResampler, check_resampling_arguments
 from ...guidance.reward_guidance import RewardGuidance
 from ...guidance.rewards import visible_before_eos
 from ...pipelines.hub_utils import HubPipelineMixin
@@ -61,6 +62,15 @@ class EntRGiPipelineOutput(BaseOutput):
             filling may follow it with blocks); only with `output_trajectory=True`.
         nfe (`int`): the number of forward calls of the diffusion model that the call made (fewer than
             `num_inference_steps` when threshold decoding ends blocks early or every response has ended).
+        resample_steps (`list[int]` or `None`): with `resample="smc"`, the steps at which the samples were weighed,
+            as counts of denoising steps taken (1 = after the first); the last entry is the end of the call.
+        ess (`torch.Tensor` of shape `(len(resample_steps), B)` or `None`): each prompt's effective sample size
+            `(sum w)^2 / sum w^2` at each of those steps, before resampling (K: equal weights, 1: one sample holds
+            them all, 0: no sample has a finite potential).
+        resampled (`list[list[bool]]` or `None`): `len(resample_steps) x B`, whether each prompt resampled there.
+        ancestry (`torch.LongTensor` of shape `(B, K)` or `None`): the sample (0 .. K-1, numbered as at the start)
+            that each final sample descends from; `arange(K)` in every row when no prompt resampled, one value
+            repeated when all K samples descend from one.
     """
 
     texts: list[str]
@@ -69,6 +79,10 @@ class EntRGiPipelineOutput(BaseOutput):
     sequences: torch.LongTensor
     trajectory: torch.LongTensor | None = None
     nfe: int | None = None
+    resample_steps: list[int] | None = None
+    ess: torch.Tensor | None = None
+    resampled: list[list[bool]] | None = None
+    ancestry: torch.LongTensor | None = None
 
 
 def detect_logits_shift(config: Any) -> bool:
@@ -219,6 +233,11 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         threshold=None,
         minimal_topk=None,
         guidance_scope=None,
+        resample="none",
+        resample_every=4,
+        resample_ess=0.5,
+        resample_temperature=0.1,
+        potential="hard",
     ) -> None:
         given = [
             name
@@ -324,6 +343,24 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, got "
                 f"{callback_on_step_end_tensor_inputs}."
             )
+        check_resampling_arguments(
+            resample, resample_every, resample_ess, resample_temperature, potential, num_samples_per_prompt
+        )
+        if resample == "smc":
+            callbacks = _find_callbacks(callback_on_step_end, RewardGuidance)
+            if reward_model is None and not callbacks:
+                raise ValueError(
+                    "`resample='smc'` weighs the samples by a reward: pass `reward_model=` (with `guidance='none'` "
+                    "for resampling without gradients) or a `RewardGuidance` callback."
+                )
+            method, steps = guidance or "entrgi", guidance_steps
+            if reward_model is None:
+                method, steps = callbacks[0].config.guidance, callbacks[0].config.guidance_steps
+            if potential == "guidance" and (method == "none" or steps == 0):
+                raise ValueError(
+                    "`potential='guidance'` reads the reward of the last Adam step, and this call takes none "
+                    f"(guidance={method!r}, guidance_steps={steps}): pass `potential='hard'`, or guide."
+                )
 
     def encode_prompt(self, prompt=None, messages=None, input_ids=None) -> tuple[list[list[int]], list[str]]:
         """Prompt token ids (chat template when the tokenizer has one) and the prompts as text."""
@@ -407,6 +444,11 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         threshold: float | None = None,
         minimal_topk: int | None = None,
         guidance_scope: str | None = None,
+        resample: str = "none",
+        resample_every: int = 4,
+        resample_ess: float = 0.5,
+        resample_temperature: float = 0.1,
+        potential: str = "hard",
     ) -> EntRGiPipelineOutput | tuple:
         r"""
         Generates `num_samples_per_prompt` responses per prompt, guided toward higher reward when a reward model is
@@ -462,12 +504,35 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 response up to the current block's end, only the current block's masked positions guided;
                 `"response"` every masked position as the method's soft/hard mix, all of them guided. The same with
                 one block.
+            resample (`str`, defaults to `"none"`): `"smc"` treats each prompt's K samples as particles of sequential
+                Monte Carlo: every `resample_every` denoising steps, sample `k` weighs
+                `w_k = exp((r_k(now) - r_k(before)) / resample_temperature)` (`r`: the `potential`, `before`: the
+                prompt's last resampling, or the start), and when the effective sample size `(sum w)^2 / sum w^2`
+                is below `resample_ess * K`, K samples are drawn by systematic resampling (from `generator`) and
+                copied, partial responses and all. At the end of the call every sample weighs its accumulated
+                weight by its reported reward, and the same rule may resample the finished samples (so `all_texts`
+                can repeat a sample) before the best is chosen. A potential that is not finite gives its sample
+                weight zero; a prompt without a sample of finite weight is not resampled (one warning per call).
+                Needs a reward (`reward_model=`, any `guidance`, `"none"` included) and K >= 2. See
+                docs/methods.md.
+            resample_every (`int`, defaults to 4): weigh the samples after every this many denoising steps (counted
+                as steps taken: with threshold decoding, model calls).
+            resample_ess (`float`, defaults to 0.5): resample a prompt when its effective sample size is below this
+                fraction of K, in (0, 1] (1: whenever the weights are not all equal).
+            resample_temperature (`float`, defaults to 0.1): the potential's temperature (> 0): lower resamples
+                more greedily, very large never resamples.
+            potential (`str`, defaults to `"hard"`): `"hard"`: the reward of the step's denoised estimate (committed
+                tokens plus the tokens this step sampled at the current block's masked positions, read up to the
+                block's end), one more reward forward per check, no backward; `"guidance"`: the reward that the
+                last Adam step of the step computed on the method's input (free; needs gradient guidance; steps
+                without guidance are not checked).
 
         Examples:
 
         Returns:
             [`EntRGiPipelineOutput`] or `tuple` `(texts, all_texts, rewards, sequences)`, with `trajectory` appended
-            to the tuple only when `output_trajectory=True`.
+            to the tuple only when `output_trajectory=True`. With resampling, the trajectory follows each final
+            sample's ancestors (its rows are reordered at every resampling).
         """
         # 1. Check inputs
         self.check_inputs(
@@ -493,6 +558,11 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             threshold=threshold,
             minimal_topk=minimal_topk,
             guidance_scope=guidance_scope,
+            resample=resample,
+            resample_every=resample_every,
+            resample_ess=resample_ess,
+            resample_temperature=resample_temperature,
+            potential=potential,
         )
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -563,6 +633,17 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         self._num_timesteps = len(timesteps)
         blockwise = (block_length or self.scheduler.config.block_length) is not None
         eos_token_id = self.eos_token_id
+        B = len(prompt_ids)
+        resampler = None
+        if resample == "smc":
+            resampler = ParticleResampler(
+                B,
+                K,
+                ess_threshold=resample_ess,
+                temperature=resample_temperature,
+                generator=generator,
+                device=sequences.device,
+            )
 
         # 4. Denoising loop: the scheduler says which step comes next (it skips the rest of a block that is full)
         frames = [] if output_trajectory else None
@@ -589,7 +670,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     logits = callback_outputs.pop("logits", logits)
                     response_tokens = callback_outputs.pop("response_tokens", response_tokens)
-                response_tokens = self.scheduler.step(
+                step_output = self.scheduler.step(
                     logits,
                     t,
                     response_tokens,
@@ -602,16 +683,31 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                     threshold=threshold,
                     minimal_topk=minimal_topk,
                     generator=generator,
-                ).prev_sample
+                )
+                response_tokens = step_output.prev_sample
                 sequences = torch.cat([sequences[:, :start], response_tokens], dim=1)
                 if frames is not None:
                     frames.append(response_tokens)  # a fresh tensor each step: nothing later writes into it
                 progress_bar.update(self.scheduler.step_index - i)
                 i = self.scheduler.step_index
+                finished = None
                 if blockwise and eos_token_id is not None:
                     finished = self.scheduler.finished(response_tokens, mask_token_id, eos_token_id)
-                    if bool(finished.all()):  # nothing left can change any text: no further model calls
-                        break
+                last = i >= len(timesteps) or (finished is not None and bool(finished.all()))
+                # SMC: the last step is left to the end of the call, which weighs the finished samples
+                if resampler is not None and not last and nfe % resample_every == 0:
+                    if potential == "hard":  # the denoised estimate, read up to the end of the block just decoded
+                        value = scorer.reward_of_tokens(step_output.sampled_tokens, end=self._sampling["block"][1])
+                    else:
+                        value = scorer.guidance_reward
+                    index = resampler.check(value, nfe) if value is not None else None
+                    if index is not None:
+                        sequences, response_tokens = sequences[index], response_tokens[index]
+                        frames = [frame[index] for frame in frames] if frames is not None else None
+                        finished = finished[index] if finished is not None else None
+                        last = finished is not None and bool(finished.all())
+                if last:  # nothing left can change any text: no further model calls
+                    break
 
         if blockwise and eos_token_id is not None:
             finished = self.scheduler.finished(sequences[:, start:], mask_token_id, eos_token_id)
@@ -625,11 +721,20 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             t.strip()
             for t in self.tokenizer.batch_decode(torch.where(visible, responses, pad), skip_special_tokens=True)
         ]
-        B = len(prompt_ids)
-        all_texts = [texts[b * K : (b + 1) * K] for b in range(B)]
         rewards = best = None
         if scorer is not None:
-            rewards = scorer.score_texts(texts).reshape(B, K)
+            rewards = scorer.score_texts(texts)
+        if resampler is not None:
+            # The end: every sample weighs its accumulated weight, the final potential being its reported reward.
+            index = resampler.check(rewards, nfe)
+            if index is not None:
+                responses, rewards = responses[index], rewards[index.to(rewards.device)]
+                texts = [texts[j] for j in index.tolist()]
+                frames = [frame[index] for frame in frames] if frames is not None else None
+            resampler.warn_nonfinite()
+        all_texts = [texts[b * K : (b + 1) * K] for b in range(B)]
+        if rewards is not None:
+            rewards = rewards.reshape(B, K)
             best = rewards.nan_to_num(nan=-math.inf).argmax(-1).tolist()  # a NaN reward is never the best
         best_texts = [all_texts[b][best[b] if best else 0] for b in range(B)]
         sequences_out = responses.reshape(B, K, L).cpu()
@@ -649,6 +754,10 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             sequences=sequences_out,
             trajectory=trajectory,
             nfe=nfe,
+            resample_steps=resampler.steps if resampler is not None else None,
+            ess=resampler.ess if resampler is not None else None,
+            resampled=resampler.resampled if resampler is not None else None,
+            ancestry=resampler.ancestry if resampler is not None else None,
         )
 
 
