@@ -13,6 +13,12 @@ Example (the embedded offline stack, a couple of minutes on 2 cores)::
 
     entrgi-bench --methods none entrgi --num-prompts 12 --seeds 0 1 --output bench.json
 
+With `--resample smc` (and `--resample-every`, `--resample-ess`, `--resample-temperature`, `--potential`) every method
+runs with SMC resampling over each prompt's K samples; each record then holds the steps where the samples were
+weighed, the prompt's ESS and resampling decision at each, and the final samples' ancestry (`smc`). Every record
+holds the diversity of the prompt's K samples: distinct-2 over all of them (`distinct2_samples`) and the number of
+distinct texts (`distinct_samples`).
+
 Across processes, ``accelerate launch --num_processes N -m entrgi_pipelines.bench ...`` (``--cpu`` for CPU processes)
 splits the batches of every (method, seed) between the processes and gathers every record, in prompt order, into the
 main process's output. Each batch draws from its own generator (:func:`batch_generator`), so the records do not depend
@@ -37,13 +43,16 @@ from tqdm.auto import tqdm
 from .checkpoint import BenchCheckpoint, write_json_atomic, write_text_atomic
 from .guidance.entrgi import GUIDANCE_METHODS
 from .runs import (
+    add_resampling_arguments,
     add_reward_argument,
     add_sampling_arguments,
     check_decoding,
+    check_resampling,
     dllm_choice,
     guided_samples,
     judge_scores,
     load_reward,
+    resampling_kwargs,
 )
 from .validation import StrictArgumentParser, existing_file, exit_on_bad_input, model_folder, positive_int, read_jsonl
 
@@ -115,6 +124,9 @@ def summarise(records: list[dict], methods: list[str]) -> dict:
             "distinct2": mean_ci([r["distinct2"] for r in rows])[0],
             "seconds_per_prompt": sum(r["seconds"] for r in rows) / max(len(rows), 1),
             "nfe": mean_ci([r.get("nfe", math.nan) for r in rows])[0],
+            # diversity among a prompt's K samples (records written before these fields: nan)
+            "distinct2_samples": mean_ci([r.get("distinct2_samples", math.nan) for r in rows])[0],
+            "distinct_samples": mean_ci([r.get("distinct_samples", math.nan) for r in rows])[0],
             "n": len(rows),
         }
     return summary
@@ -161,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Defaults sized for 12 prompts x 2 seeds x 2 methods in about 3 minutes on 2 CPU cores; docs/results.md uses
     # T = L = 32.
     add_sampling_arguments(parser, steps=16, gen_length=16)
+    add_resampling_arguments(parser)
     parser.add_argument(
         "--dllm",
         type=dllm_choice,
@@ -266,6 +279,7 @@ def run(args) -> dict:
                     method,
                     args,
                     generator,
+                    **resampling_kwargs(args),
                 )
                 seconds = (time.perf_counter() - start) / len(batch)
                 start = time.perf_counter()
@@ -277,10 +291,11 @@ def run(args) -> dict:
                     reward_name,
                 )
                 judge_seconds = (time.perf_counter() - start) / len(batch)
-                for row, target, best, texts, rewards, judge_fields in zip(
-                    batch, targets, out.texts, out.all_texts, out.rewards, judged
+                for b, (row, target, best, texts, rewards, judge_fields) in enumerate(
+                    zip(batch, targets, out.texts, out.all_texts, out.rewards, judged)
                 ):
                     best_ids = judge_tokenizer(best, add_special_tokens=False)["input_ids"]
+                    sample_ids = judge_tokenizer(texts, add_special_tokens=False)["input_ids"]
                     records.append(
                         {
                             "method": method,
@@ -298,6 +313,9 @@ def run(args) -> dict:
                             "seconds": seconds,
                             "nfe": out.nfe,  # the batch's dLLM calls (shared by its prompts)
                             "judge_seconds": judge_seconds,
+                            "distinct2_samples": pooled_distinct_n(sample_ids, 2),
+                            "distinct_samples": len(set(texts)),
+                            **smc_fields(out, b),
                         }
                     )
                 order.extend(positions)
@@ -310,6 +328,28 @@ def run(args) -> dict:
         records = [record for _, record in sorted(gathered, key=lambda pair: tuple(pair[0]))]
     summary = summarise(records, args.methods)
     return {"config": config, "summary": summary, "records": records}
+
+
+def pooled_distinct_n(samples: list[list[int]], n: int = 2) -> float:
+    """Distinct n-grams over all n-grams of several token sequences (a prompt's K samples), none spanning two
+    samples: 1.0 when no n-gram repeats within or across them, 1/K for K copies of one sample without repetition."""
+    grams = [gram for ids in samples for gram in zip(*(ids[i:] for i in range(n)))]
+    return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def smc_fields(out, prompt_index: int) -> dict:
+    """The SMC record of one prompt of a pipeline output (empty without resampling): the steps where the samples
+    were weighed, the prompt's ESS and whether it resampled at each, and each final sample's ancestor."""
+    if out.ancestry is None:
+        return {}
+    return {
+        "smc": {
+            "steps": out.resample_steps,
+            "ess": out.ess[:, prompt_index].tolist(),
+            "resampled": [row[prompt_index] for row in out.resampled],
+            "ancestry": out.ancestry[prompt_index].tolist(),
+        }
+    }
 
 
 def batch_generator(seed: int, start: int) -> torch.Generator:
@@ -338,6 +378,7 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"--{name} lists {values}: give each once")
     exit_on_bad_input(parser, read_prompts, args.prompts, args.num_prompts)
     exit_on_bad_input(parser, check_decoding, args)
+    exit_on_bad_input(parser, check_resampling, args, args.methods)
     if args.reward_model and args.reward != "similarity":
         parser.error(f"--reward-model replaces the embedded reward: drop it or --reward {args.reward}")
     for flag, path in (("--output", args.output), ("--markdown", args.markdown)):

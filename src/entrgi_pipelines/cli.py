@@ -27,7 +27,13 @@ import textwrap
 import torch
 
 from .guidance.entrgi import GUIDANCE_METHODS
-from .runs import add_reward_argument, add_sampling_arguments, check_decoding
+from .runs import (
+    add_resampling_arguments,
+    add_reward_argument,
+    add_sampling_arguments,
+    check_decoding,
+    check_resampling,
+)
 from .stack.dllm import DLLM_VERSIONS
 from .validation import StrictArgumentParser, exit_on_bad_input, positive_int
 
@@ -43,7 +49,7 @@ def side_by_side(left: list[str], right: list[str], width: int) -> str:
 
 
 def generate(args) -> dict:
-    from .runs import guided_samples, judge_scores, load_reward
+    from .runs import guided_samples, judge_scores, load_reward, resampling_kwargs
     from .stack import load_embedded_stack
     from .stack.text import readable_text
 
@@ -57,8 +63,9 @@ def generate(args) -> dict:
     results = {}
     for method in ("none", args.method):
         generator = torch.Generator().manual_seed(args.seed)
+        smc = resampling_kwargs(args) if method != "none" else {}  # the unguided side stays plain Best-of-N
         out = guided_samples(
-            stack.pipe, reward_model, reward_tokenizer, args.prompt, args.target, method, args, generator
+            stack.pipe, reward_model, reward_tokenizer, args.prompt, args.target, method, args, generator, **smc
         )
         texts, rewards = out.all_texts[0], out.rewards[0].tolist()
         judged = judge_scores(stack.judge, stack.judge_tokenizer, [args.target] * len(texts), texts)
@@ -69,6 +76,8 @@ def generate(args) -> dict:
         "none": "unguided (Best-of-N order)",
         args.method: f"{args.method} (eta={args.eta}, M={args.guidance_steps})",
     }
+    if args.resample != "none":
+        label[args.method] += f" + {args.resample} (every {args.resample_every}, {args.potential})"
     print(f"prompt: {args.prompt!r}   target: {args.target!r}")
     print(f"{label['none']:<{width}} | {label[args.method]}")
     print(f"{'':=<{width}}=+={'':=<{width}}")
@@ -123,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--method", default="entrgi", choices=[m for m in GUIDANCE_METHODS if m != "none"])
     add_reward_argument(gen)
     add_sampling_arguments(gen, steps=32, gen_length=32)
+    add_resampling_arguments(gen)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--dllm", choices=sorted(DLLM_VERSIONS), help="embedded dLLM version (default: the newest)")
     gen.add_argument("--threads", type=positive_int, default=None)
@@ -159,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         export(args)
         return
     exit_on_bad_input(sub.choices[args.command], check_decoding, args)  # before any model work
+    if args.command == "generate":
+        exit_on_bad_input(gen, check_resampling, args, [args.method])
     if args.command == "animate":
         if not args.output.lower().endswith(".gif"):
             anim.error(f"--output must name a .gif file, got {args.output!r}")

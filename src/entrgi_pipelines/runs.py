@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .guidance.resampling import POTENTIALS, RESAMPLE_METHODS, check_resampling_arguments
 from .schedulers.scheduling_masked_diffusion import (
     COMMIT_SCHEDULES,
     CONFIDENCE_RULES,
@@ -85,6 +86,75 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_leng
         default="block",
         help="with blocks, what guidance sees: the response up to the current block (default) or all of it",
     )
+
+
+def add_resampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--resample smc` and its settings (SMC over each prompt's K samples), shared by `entrgi-bench` and `entrgi
+    generate`; [`resampling_kwargs`] turns them into pipeline arguments."""
+    group = parser.add_argument_group("resampling (SMC over a prompt's K samples, see docs/methods.md)")
+    group.add_argument(
+        "--resample",
+        choices=RESAMPLE_METHODS,
+        default="none",
+        help="smc: weigh the K samples by the reward's change and resample the low-ESS prompts (default none)",
+    )
+    group.add_argument(
+        "--resample-every", type=positive_int, default=4, help="weigh the samples every N denoising steps (default 4)"
+    )
+    group.add_argument(
+        "--resample-ess",
+        type=probability,
+        default=0.5,
+        help="resample when the effective sample size is below this fraction of K, in (0, 1] (default 0.5)",
+    )
+    group.add_argument(
+        "--resample-temperature",
+        type=positive_float,
+        default=0.1,
+        help="weights exp(reward change / this); lower resamples more greedily (default 0.1)",
+    )
+    group.add_argument(
+        "--potential",
+        choices=POTENTIALS,
+        default="hard",
+        help="hard: reward of the step's denoised estimate (one more reward forward); guidance: the last Adam "
+        "step's reward (free, guided methods only) (default hard)",
+    )
+
+
+def resampling_kwargs(args) -> dict:
+    """The pipeline arguments of [`add_resampling_arguments`] (none when `args` does not resample)."""
+    if getattr(args, "resample", "none") == "none":
+        return {}
+    return {
+        "resample": args.resample,
+        "resample_every": args.resample_every,
+        "resample_ess": args.resample_ess,
+        "resample_temperature": args.resample_temperature,
+        "potential": args.potential,
+    }
+
+
+def check_resampling(args, methods: list[str]) -> None:
+    """Refuses resampling settings the pipeline would refuse for any of `methods` (a `ValueError` naming the
+    argument), before any model work; for `exit_on_bad_input`."""
+    kwargs = resampling_kwargs(args)
+    if not kwargs:
+        return
+    check_resampling_arguments(
+        kwargs["resample"],
+        kwargs["resample_every"],
+        kwargs["resample_ess"],
+        kwargs["resample_temperature"],
+        kwargs["potential"],
+        args.num_samples,
+    )
+    unguided = [m for m in methods if m == "none"] or (["M=0"] if args.guidance_steps == 0 else [])
+    if kwargs["potential"] == "guidance" and unguided:
+        raise ValueError(
+            f"--potential guidance reads the reward of the last Adam step, and {unguided[0]} takes none: use "
+            "--potential hard, or leave that method out."
+        )
 
 
 def check_decoding(args) -> None:
@@ -234,14 +304,17 @@ def dllm_choice(text: str) -> str:
 
 __all__ = [
     "REWARDS",
+    "add_resampling_arguments",
     "add_reward_argument",
     "add_sampling_arguments",
     "check_decoding",
+    "check_resampling",
     "decoding_scheduler",
     "dllm_choice",
     "guided_samples",
     "judge_scores",
     "load_reward",
+    "resampling_kwargs",
     "sampling_kwargs",
     "sampling_settings",
 ]
