@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/bench_guidance.py                      # embedded stack, CPU, one thread
     PYTHONPATH=src python benchmarks/bench_guidance.py --dllm tiny --reward tiny --vocab 30000 -L 128
+    PYTHONPATH=src python benchmarks/bench_guidance.py -L 32 -T 32 --block-length 8 --threshold 0.9  # threshold
     python benchmarks/bench_guidance.py --device cuda                        # 7B / 1.7B shapes, random weights
 
 The floor of a call is `T*F + T_g*M*(R + S + X)`, each term timed in isolation at the call's own shapes, with `P`
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-breakdown", action="store_true", help="skip the instrumented call")
     parser.add_argument("--wall", action="store_true", help="CPU: time wall-clock rather than the process's CPU time")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--block-length", type=int, help="decode in blocks of this many tokens (default: one block)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="also time threshold decoding at this threshold beside fixed steps, per generated token",
+    )
     parser.add_argument("--output", help="also write the JSON object to this file")
     return parser
 
@@ -458,6 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_samples_per_prompt=args.num_samples,
         temperature=args.tau,
         top_p=args.top_p,
+        block_length=args.block_length,
     )
     guidance = RewardGuidance(
         reward_model,
@@ -473,6 +481,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     def guided():
         pipe(**call, callback_on_step_end=guidance, generator=generator())
+
+    nfe = {}
+
+    def guided_threshold():
+        out = pipe(**call, threshold=args.threshold, callback_on_step_end=guidance, generator=generator())
+        nfe["threshold"] = out.nfe
 
     def unguided():
         pipe(
@@ -494,13 +508,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    samples: dict[str, list[float]] = {name: [] for name in ("guided", "unguided", *terms)}
+    samples: dict[str, list[float]] = {name: [] for name in ("guided", "unguided", "threshold", *terms)}
     for _ in range(args.repeats):  # interleaved, so that load changes shift every figure alike
         samples["guided"].append(timed(guided, device))
+        if args.threshold is not None:
+            samples["threshold"].append(timed(guided_threshold, device))
         samples["unguided"].append(timed(unguided, device))
         for name, fn in terms.items():
             samples[name].append(statistics.median(timed(fn, device) for _ in range(3)))
-    median = {name: statistics.median(values) for name, values in samples.items()}
+    median = {name: statistics.median(values) for name, values in samples.items() if values}
     T, Tg, M = args.steps, len(masked_rows), args.guidance_steps
     floor = T * median["F"] + Tg * M * (median["R"] + median["S"] + median["X"])
     per_repeat = [
@@ -538,6 +554,18 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average": os.getloadavg(),
         "repeats": args.repeats,
     }
+    if args.threshold is not None:
+        # the same tokens are generated either way: the cost per generated token is the call's time over B*K*L
+        result["threshold"] = {
+            "threshold": args.threshold,
+            "block_length": args.block_length,
+            "nfe": nfe["threshold"],
+            "fixed_nfe": T,
+            "guided_s": median["threshold"],
+            "ms_per_token": 1e3 * median["threshold"] / tokens,
+            "fixed_ms_per_token": 1e3 * median["guided"] / tokens,
+            "speedup": median["guided"] / median["threshold"],
+        }
     if not args.no_breakdown:
         total = sum(regions.values())
         result["breakdown_s"] = dict(sorted(regions.items(), key=lambda kv: -kv[1]))
@@ -563,6 +591,13 @@ def report(r: dict) -> str:
         f"peak {r['peak_mb']:.0f} MB",
         "terms: " + "  ".join(f"{k} {v * 1e3:.2f} ms" for k, v in r["terms_s"].items()),
     ]
+    if "threshold" in r:
+        t = r["threshold"]
+        lines.append(
+            f"threshold {t['threshold']} (blocks of {t['block_length'] or s['L']}): {t['nfe']} dLLM calls instead "
+            f"of {t['fixed_nfe']}, {t['ms_per_token']:.2f} ms per generated token against {t['fixed_ms_per_token']:.2f}"
+            f" at fixed steps ({t['speedup']:.2f}x)"
+        )
     if "breakdown_s" in r:
         total = r["breakdown_total_s"]
         lines.append(f"instrumented guided call {total:.3f} s:")

@@ -43,3 +43,18 @@ def test_bench_guidance_reports_its_floor_and_breakdown():
     for region in ("dLLM forward", "reward-model forward", "backward", "Adam step", "scheduler: sampling"):
         assert breakdown[region] > 0, region
     assert math.isclose(sum(breakdown.values()), result["breakdown_total_s"])
+
+
+def test_bench_guidance_reports_threshold_decoding_beside_fixed_steps():
+    B, K, L, T = 1, 2, 8, 8
+    command = [sys.executable, str(SCRIPT), "--dllm", "tiny", "--reward", "tiny", "--repeats", "1", "--no-breakdown"]
+    command += ["-B", str(B), "-K", str(K), "-L", str(L), "-T", str(T), "-M", "1"]
+    command += ["--block-length", "4", "--threshold", "0.002"]  # exp(-entropy) of a random model is about 1 / V
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    threshold = json.loads(done.stdout.strip().splitlines()[-1])["threshold"]
+    assert threshold["fixed_nfe"] == T and 2 <= threshold["nfe"] < T  # at least one call per block
+    assert math.isclose(threshold["ms_per_token"], 1e3 * threshold["guided_s"] / (B * K * L))
+    assert math.isclose(threshold["speedup"], threshold["fixed_ms_per_token"] / threshold["ms_per_token"])
+    assert "dLLM calls instead of 8" in done.stderr
