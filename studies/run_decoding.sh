@@ -3,9 +3,11 @@
 #   - blocks: one block of L=32 against blocks of 8 and 16 at the same T=16, each with guidance seeing the response
 #     up to the current block (--guidance-scope block) or every masked position (--guidance-scope response)
 #   - threshold decoding (blocks of 8) at thresholds 0.9, 0.7, 0.5 against the same blocks at fixed steps
-# K=4, M=3, eta=0.5, tau=0.7, top-p 0.95, batches of 4 prompts; the similarity reward on 12 prompts x seed 0, the
-# lm-judge reward on the first 4 prompts x seed 0 (one block, blocks of 8 in both scopes, threshold 0.7).
-# Two one-thread lanes, every part resumable (--resume). Then studies/decoding_results.py renders the tables.
+# K=4, M=3, eta=0.5, tau=0.7, top-p 0.95, batches of 4 prompts, seed 0. Similarity reward: the first 8 bundled v2
+# prompts (the one-block run covers 12; comparisons pair the shared 8); lm-judge reward: the first 4 prompts (one
+# block, blocks of 8 in both scopes, threshold 0.7). Sized to a shared 2-core machine; every part resumable
+# (--resume: rerunning the script continues where it stopped). Two one-thread lanes, then
+# studies/decoding_results.py renders the tables (docs/decoding_results.json).
 # Usage: bash studies/run_decoding.sh [OUT_DIR]
 set -euo pipefail
 out=${1:-runs/decoding}
@@ -13,17 +15,17 @@ mkdir -p "$out"
 export HF_HUB_OFFLINE=1 PYTHONPATH=src
 common=(-K 4 -T 16 -L 32 -M 3 --eta 0.5 --tau 0.7 --top-p 0.95 --dllm v2 --batch-size 4 --threads 1 --methods entrgi)
 bench() { python -m entrgi_pipelines.bench --resume "$@" > "${@: -1}.log" 2>&1; }
-sim=(--reward similarity --num-prompts 12 --seeds 0 "${common[@]}")
+sim=(--reward similarity --seeds 0 "${common[@]}")
 lm=(--reward lm-judge --num-prompts 4 --seeds 0 "${common[@]}")
 (
-  bench "${sim[@]}" --output "$out/sim_one_block.json"
-  bench "${sim[@]}" --block-length 8 --guidance-scope block --output "$out/sim_b8_block.json"
-  bench "${sim[@]}" --block-length 8 --guidance-scope response --output "$out/sim_b8_response.json"
-  bench "${sim[@]}" --block-length 16 --guidance-scope block --output "$out/sim_b16_block.json"
-  bench "${sim[@]}" --block-length 16 --guidance-scope response --output "$out/sim_b16_response.json"
-  bench "${sim[@]}" --block-length 8 --threshold 0.9 --output "$out/sim_b8_t0.9.json"
-  bench "${sim[@]}" --block-length 8 --threshold 0.7 --output "$out/sim_b8_t0.7.json"
-  bench "${sim[@]}" --block-length 8 --threshold 0.5 --output "$out/sim_b8_t0.5.json"
+  bench --num-prompts 12 "${sim[@]}" --output "$out/sim_one_block.json"
+  bench --num-prompts 8 "${sim[@]}" --block-length 8 --guidance-scope block --output "$out/sim_b8_block.json"
+  bench --num-prompts 8 "${sim[@]}" --block-length 8 --guidance-scope response --output "$out/sim_b8_response.json"
+  bench --num-prompts 8 "${sim[@]}" --block-length 8 --threshold 0.9 --output "$out/sim_b8_t0.9.json"
+  bench --num-prompts 8 "${sim[@]}" --block-length 8 --threshold 0.7 --output "$out/sim_b8_t0.7.json"
+  bench --num-prompts 8 "${sim[@]}" --block-length 16 --guidance-scope block --output "$out/sim_b16_block.json"
+  bench --num-prompts 8 "${sim[@]}" --block-length 16 --guidance-scope response --output "$out/sim_b16_response.json"
+  bench --num-prompts 8 "${sim[@]}" --block-length 8 --threshold 0.5 --output "$out/sim_b8_t0.5.json"
 ) &
 (
   bench "${lm[@]}" --output "$out/lm_one_block.json"
