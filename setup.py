@@ -15,7 +15,7 @@ setup(
     # torch is deliberately first: install the build you want (CPU or CUDA) before this package, see README.
     install_requires=[
         "torch>=2.1",
-        "diffusers>=0.35",
+        "diffusers>=0.38",
         "transformers>=4.56",
         "accelerate>=1.0",
         "safetensors>=0.4",

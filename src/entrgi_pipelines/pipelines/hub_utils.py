@@ -158,8 +158,8 @@ class HubPipelineMixin:
     @classmethod
     def _dict_from_json_file(cls, json_file: str | os.PathLike, **kwargs) -> dict[str, Any]:
         # Read by `download` and `load_config`: the pipeline class asked for is this one, so the repo's entry point
-        # (`[pipeline_entrgi, EntRGiPipeline]`) is not needed and must not run. (`kwargs`: diffusers 0.35 to
-        # 0.37 pass `dduf_entries`.)
+        # (`[pipeline_entrgi, EntRGiPipeline]`) is not needed and must not run. (`kwargs`: diffusers before
+        # 0.41 pass `dduf_entries`.)
         config = super()._dict_from_json_file(json_file, **kwargs)
         class_name = config.get("_class_name")
         if isinstance(class_name, (list, tuple)) and len(class_name) == 2 and class_name[1] == cls.__name__:
