@@ -16,13 +16,13 @@ import pytest
 import torch
 import transformers
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, Qwen2TokenizerFast
 
 from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler
 from entrgi_pipelines.models import DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM, use_repository_code
 from entrgi_pipelines.pipelines.entrgi.pipeline_entrgi import detect_logits_shift
 from entrgi_pipelines.pipelines.hub_utils import add_to_hub_cache
-from entrgi_pipelines.testing import tiny_reward_model
+from entrgi_pipelines.testing import BPE_CHAT_TEMPLATE, tiny_bpe_tokenizer, tiny_reward_model
 
 from . import official
 
@@ -382,3 +382,29 @@ def test_unsupported_architectures_and_arguments_are_refused(family, checkpoint,
     with pytest.raises(TypeError, match="no_such_argument"):
         model(ids, no_such_argument=1)
     assert model(ids, use_cache=False, output_attentions=False).logits.shape[1] == ids.shape[1]
+
+
+def test_qwen2_tokenizer_reads_a_dream_tokenizer_folder_without_remote_code(tmp_path):
+    """README loads Dream's tokenizer with transformers' Qwen2TokenizerFast: DreamTokenizer (remote code) is a
+    byte-level BPE over `vocab.json` and `merges.txt`; its `tokenizer_config.json` names the remote class."""
+    bpe = tiny_bpe_tokenizer()
+    bpe.backend_tokenizer.model.save(str(tmp_path))  # vocab.json, merges.txt
+    mask_id = bpe.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+    special = dict(lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+    config = {
+        "tokenizer_class": "DreamTokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+        "added_tokens_decoder": {str(mask_id): {"content": "<|mask|>", **special}},
+        "mask_token": "<|mask|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "chat_template": BPE_CHAT_TEMPLATE,
+    }
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = Qwen2TokenizerFast.from_pretrained(tmp_path)
+    assert tokenizer.mask_token_id == mask_id
+    assert tokenizer("a lovely day")["input_ids"] == bpe("a lovely day")["input_ids"]
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text.endswith("<|im_start|>assistant\n")
