@@ -494,7 +494,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     # Warm-up (allocator, kernels, compilation): short calls of both kinds.
-    short = {**call, "num_inference_steps": 2}
+    blocks = args.gen_length // args.block_length if args.block_length else 1
+    short = {**call, "num_inference_steps": 2 * blocks}
     pipe(**short, callback_on_step_end=guidance, generator=generator())
     pipe(**short, reward_model=reward_model, reward_tokenizer=reward_tokenizer, guidance="none", generator=generator())
 
