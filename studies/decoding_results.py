@@ -16,6 +16,8 @@ import json
 import math
 from pathlib import Path
 
+from entrgi_pipelines.bench import mean_ci
+
 REWARDS = {"sim": "similarity", "lm": "lm-judge"}
 # setting -> its baseline (None: a baseline itself)
 BASELINES = {
@@ -38,16 +40,6 @@ LABELS = {
     "b8_t0.7": "blocks of 8, threshold 0.7",
     "b8_t0.5": "blocks of 8, threshold 0.5",
 }
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v == v]
-    n = len(values)
-    if n < 2:
-        return (values[0] if values else math.nan), math.nan
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, 1.96 * sd / math.sqrt(n)
 
 
 def by_pair(records: list[dict]) -> dict:
