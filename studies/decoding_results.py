@@ -29,6 +29,9 @@ BASELINES = {
     "b8_t0.9": "b8_block",
     "b8_t0.7": "b8_block",
     "b8_t0.5": "b8_block",
+    "t32_mgp_fixed": None,
+    "t32_mgp_t0.9": "t32_mgp_fixed",
+    "t32_mgp_t0.7": "t32_mgp_fixed",
 }
 LABELS = {
     "one_block": "one block (L=32)",
@@ -39,6 +42,9 @@ LABELS = {
     "b8_t0.9": "blocks of 8, threshold 0.9",
     "b8_t0.7": "blocks of 8, threshold 0.7",
     "b8_t0.5": "blocks of 8, threshold 0.5",
+    "t32_mgp_fixed": "T=32, blocks of 8, maskgit_plus, fixed steps",
+    "t32_mgp_t0.9": "T=32, blocks of 8, maskgit_plus, threshold 0.9",
+    "t32_mgp_t0.7": "T=32, blocks of 8, maskgit_plus, threshold 0.7",
 }
 
 
@@ -73,17 +79,31 @@ def summarise(folder: Path) -> dict:
         }
         base = BASELINES[setting]
         if base and (prefix, base) in runs:
-            shared = sorted(set(records) & set(runs[(prefix, base)]))
-            diffs = {k: [] for k in ("top1", "judge", "log_ppl", "nfe", "seconds")}
-            for key in shared:
-                a, b = metrics(records[key]), metrics(runs[(prefix, base)][key])
-                for k in diffs:
-                    diffs[k].append(a[k] - b[k])
-            entry["baseline"] = base
-            entry["paired_n"] = len(shared)
-            entry["diff"] = {k: mean_ci(v) for k, v in diffs.items()}
+            entry.update(paired(records, runs[(prefix, base)]), baseline=base)
         result[f"{prefix}_{setting}"] = entry
+    # the two guidance scopes against each other, at the same blocks
+    for prefix in REWARDS:
+        for size in ("b8", "b16"):
+            a, b = runs.get((prefix, f"{size}_response")), runs.get((prefix, f"{size}_block"))
+            if a and b:
+                result[f"{prefix}_{size}_response_vs_block"] = {
+                    "reward": REWARDS[prefix],
+                    "setting": f"{size}_response",
+                    "baseline": f"{size}_block",
+                    **paired(a, b),
+                }
     return result
+
+
+def paired(records: dict, baseline: dict) -> dict:
+    """Mean differences (and 95% intervals) over the (prompt, seed) pairs both runs have."""
+    shared = sorted(set(records) & set(baseline))
+    diffs = {k: [] for k in ("top1", "judge", "log_ppl", "nfe", "seconds")}
+    for key in shared:
+        a, b = metrics(records[key]), metrics(baseline[key])
+        for k in diffs:
+            diffs[k].append(a[k] - b[k])
+    return {"paired_n": len(shared), "diff": {k: mean_ci(v) for k, v in diffs.items()}}
 
 
 def fmt(pair, spec=".3f", sign=True) -> str:
@@ -106,11 +126,11 @@ def ratio(pair) -> str:
 def markdown(result: dict) -> str:
     lines = []
     for prefix, reward in REWARDS.items():
-        entries = [e for key, e in result.items() if key.startswith(prefix + "_")]
+        entries = [e for key, e in result.items() if key.startswith(prefix + "_") and "n" in e]
         if not entries:
             continue
         lines += [
-            f"**{reward} reward** (EntRGi, K=4, T=16, L=32, M=3, eta=0.5)",
+            f"**{reward} reward** (EntRGi, K=4, L=32, M=3, eta=0.5; T=16 unless stated)",
             "",
             "| setting | n | Top@1 reward | held-out judge | SmolLM2 ppl | nfe | s / prompt | vs | Δ Top@1 | "
             "Δ judge | ppl ratio | Δ nfe | Δ s / prompt |",
@@ -144,6 +164,23 @@ def markdown(result: dict) -> str:
                 cells += ["—"] * 6
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        scopes = [e for key, e in result.items() if key.startswith(prefix + "_") and key.endswith("_vs_block")]
+        if scopes:
+            lines += [
+                f"Guidance scope, {reward} reward: the whole response against up to the current block, same blocks, "
+                "paired:",
+                "",
+                "| blocks | n | Δ Top@1 | Δ judge | ppl ratio | Δ s / prompt |",
+                "|---|---|---|---|---|---|",
+            ]
+            for e in scopes:
+                d = e["diff"]
+                size = e["baseline"].split("_")[0][1:]
+                lines.append(
+                    f"| {size} | {e['paired_n']} | {fmt(d['top1'])} | {fmt(d['judge'])} | {ratio(d['log_ppl'])} | "
+                    f"{fmt(d['seconds'], '.1f')} |"
+                )
+            lines.append("")
     return "\n".join(lines)
 
 
