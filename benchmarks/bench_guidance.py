@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--block-length", type=int, help="decode in blocks of this many tokens (default: one block)")
     parser.add_argument(
+        "--confidence",
+        default="entropy",
+        help="the scheduler's confidence rule (default entropy; maskgit_plus: the "
+        "token's probability, which thresholds are usually set on)",
+    )
+    parser.add_argument(
         "--threshold",
         type=float,
         help="also time threshold decoding at this threshold beside fixed steps, per generated token",
@@ -458,6 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
         global cpu_clock
         cpu_clock = time.perf_counter
     pipe, reward_model, reward_tokenizer, inputs = build_stack(args)
+    pipe.scheduler = MaskedDiffusionScheduler.from_config(pipe.scheduler.config, confidence=args.confidence)
     call = dict(
         **inputs,
         num_inference_steps=args.steps,
@@ -548,6 +555,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "models": {"dllm": args.dllm, "reward": args.reward, "dtype": args.dtype},
         "method": args.method,
+        "confidence": args.confidence,
         "compile": args.compile,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
