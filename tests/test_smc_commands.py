@@ -113,3 +113,38 @@ def test_cli_generate_resamples_the_guided_side_as_a_process():
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "unguided (Best-of-N order)" in done.stdout and "+ smc (every 1, guidance)" in done.stdout
+
+
+def test_the_study_renderer_pairs_settings_on_shared_prompts_and_seeds(tmp_path):
+    """studies/smc_study.py render: each setting against EntRGi over the (prompt, seed) pairs all settings hold."""
+
+    def record(prompt, seed, top1, ancestry=None):
+        fields = {"prompt": prompt, "target": "t", "seed": seed, "texts": ["a b c", "a b c", "d e"], "top1": top1}
+        fields["avg"] = top1 - 0.1
+        fields |= {"judge": 0.5, "perplexity_smollm": 20.0, "distinct2_samples": 0.6, "distinct_samples": 2}
+        fields |= {"seconds": 2.0 if ancestry else 1.0}
+        if ancestry:
+            fields["smc"] = {"steps": [4, 8], "ess": [1.5, 3.0], "resampled": [True, False], "ancestry": ancestry}
+        return fields
+
+    pairs = [("p1", 0), ("p2", 0), ("p1", 1)]
+    runs = {
+        "sim_entrgi": [record(p, s, 0.2 + 0.1 * i) for i, (p, s) in enumerate(pairs)],
+        "sim_entrgi_smc": [record(p, s, 0.25 + 0.1 * i, [0, 0, 2]) for i, (p, s) in enumerate(pairs)]
+        + [record("p3", 0, 9.0, [1, 1, 1])],  # not held by EntRGi: left out of the comparison
+    }
+    # the same request toward another target is another measurement
+    runs["sim_entrgi"].append(record("p1", 0, 0.5) | {"target": "u"})
+    runs["sim_entrgi_smc"].append(record("p1", 0, 0.5, [0, 1, 2]) | {"target": "u"})
+    for name, records in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"records": records}))
+    out = tmp_path / "smc.json"
+    script = [sys.executable, "studies/smc_study.py", "render", str(tmp_path), "--output", str(out)]
+    done = subprocess.run(script, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "src"})
+    assert done.returncode == 0, done.stderr
+    assert "(3 prompts x seeds [0, 1], n = 4)" in done.stdout
+    table = json.loads(out.read_text())["rewards"]["sim"]["equal compute"]
+    assert table["n"] == 4 and table["table"]["entrgi_smc"]["ancestors"] == pytest.approx((2 * 3 + 3) / 4)
+    assert table["table"]["entrgi_smc"]["resamplings"] == 1 and table["table"]["entrgi"]["ancestors"] == 3
+    assert table["paired"]["entrgi_smc - entrgi"]["top1"]["mean"] == pytest.approx(0.05 * 3 / 4)
+    assert table["paired"]["entrgi_smc - entrgi"]["seconds"]["mean"] == pytest.approx(1.0)
