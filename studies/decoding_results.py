@@ -49,7 +49,7 @@ LABELS = {
 
 
 def by_pair(records: list[dict]) -> dict:
-    return {(r["prompt"], r["seed"]): r for r in records}
+    return {(r["prompt"], r["target"], r["seed"]): r for r in records}
 
 
 def metrics(record: dict) -> dict:

@@ -265,7 +265,7 @@ def test_reward_guidance_refuses_non_finite_numbers(reward_model, kwargs, argume
         RewardGuidance(reward_model, **kwargs)
 
 
-@pytest.mark.parametrize("temperature", [float("inf"), float("nan"), 0.0])
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan"), -1.0])
 def test_scheduler_step_refuses_a_non_finite_temperature(temperature):
     scheduler = MaskedDiffusionScheduler()
     scheduler.set_timesteps(2)

@@ -83,8 +83,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_leng
     decoding.add_argument(
         "--guidance-scope",
         choices=("block", "response"),
-        default="block",
-        help="with blocks, what guidance sees: the response up to the current block (default) or all of it",
+        default="response",
+        help="with blocks, what guidance sees: the whole response (default) or the response up to the current block",
     )
 
 
@@ -189,7 +189,7 @@ def sampling_settings(
     threshold: float | None = None,
     commit_schedule: str = "time",
     confidence: str = "entropy",
-    guidance_scope: str = "block",
+    guidance_scope: str = "response",
 ) -> argparse.Namespace:
     """The settings [`add_sampling_arguments`] parses from a command line, from values (K, T, L, M, eta, ...).
 

@@ -285,7 +285,7 @@ class RewardGuidance(PipelineCallback):
         # only that block is guided; later blocks stay masked, unseen.
         state = pipeline.sampling_state
         end = None
-        if state.get("guidance_scope", "block") == "block" and "block" in state:
+        if state.get("guidance_scope", "response") == "block" and "block" in state:
             start, end = state["block"]
             if (start, end) != (0, tokens.shape[1]):
                 in_block = torch.zeros_like(masked[0])

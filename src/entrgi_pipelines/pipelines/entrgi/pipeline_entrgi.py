@@ -500,10 +500,10 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 `num_inference_steps` stays the budget; `nfe` in the output counts the model calls made.
             minimal_topk (`int`, *optional*): with `threshold`, the fewest positions a step commits (the
                 scheduler's `minimal_topk`, 1, by default).
-            guidance_scope (`str`, *optional*): with blocks, what the reward model sees: `"block"` (the default) the
-                response up to the current block's end, only the current block's masked positions guided;
-                `"response"` every masked position as the method's soft/hard mix, all of them guided. The same with
-                one block.
+            guidance_scope (`str`, *optional*): with blocks, what the reward model sees: `"response"` (the default,
+                chosen by measurement: docs/decoding.md) every masked position as the method's soft/hard mix, all of
+                them guided; `"block"` the response up to the current block's end, only the current block's masked
+                positions guided (cheaper). The same with one block.
             resample (`str`, defaults to `"none"`): `"smc"` treats each prompt's K samples as particles of sequential
                 Monte Carlo: every `resample_every` denoising steps, sample `k` weighs
                 `w_k = exp((r_k(now) - r_k(before)) / resample_temperature)` (`r`: the `potential`, `before`: the
@@ -597,7 +597,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             "top_p": top_p,
             "top_k": top_k,
             "generator": generator,
-            "guidance_scope": guidance_scope or "block",
+            "guidance_scope": guidance_scope or "response",
             "block": (0, L),  # the response positions the current step decodes
         }
         scorer = None
