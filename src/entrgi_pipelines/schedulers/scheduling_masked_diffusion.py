@@ -529,7 +529,9 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
                 gumbel = -torch.log(-torch.log(_uniform(sample.shape, generator, sample.device).clamp_(min=1e-20)))
                 key = torch.where(masked, confidence / temperature_c + gumbel, confidence)
             if self.config.eos_last and eos_token_id is not None:
-                key = torch.where(masked & (sampled == eos_token_id), key - _EOS_PENALTY, key)
+                eos = masked & (sampled == eos_token_id)
+                key = torch.where(eos, key - _EOS_PENALTY, key)
+                confidence = torch.where(eos, confidence - _EOS_PENALTY, confidence)  # the output shows the ranking
             ranks = key.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
             commit = masked & (ranks < k[:, None])
         prev_sample = torch.where(commit, sampled, sample)
