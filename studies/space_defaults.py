@@ -41,6 +41,9 @@ from entrgi_pipelines.runs import guided_samples, judge_scores, sampling_setting
 from entrgi_pipelines.stack import load_embedded_stack
 
 SEED = 0  # the Space's default seed
+# Lifts closer than this (1 point of the judge's probability) count as a tie, won by the faster config. Added when
+# K=4 at T=L=16 and 24 came out 0.02 points apart with intervals of +-13 and +-16 points.
+TIE = 0.01
 # The sweep, sized before it ran from one timed request per shape (`QUICK_TIMING`, CPU seconds of each half on the
 # first prompt, the machine shared): K=4, T=L=32 took 42 CPU-s with M=3 and 33 with M=2, so T=L=32 runs with K=2.
 # Stage 1 at the cheapest shape (K=4, T=L=16, M=3): EntRGi at eta 0.5, 1 and 2, then APS and the expectation at the
@@ -224,16 +227,21 @@ def sweep(args) -> None:
     write_json_atomic(output, result)
 
 
-def choose(result: dict, budget: float) -> dict:
-    """Writes `result["chosen"]`: the config with the largest mean judge lift among those within `budget` CPU-s."""
+def choose(result: dict, budget: float, tie: float = TIE) -> dict:
+    """Writes `result["chosen"]`: among the configs whose mean request takes at most `budget` CPU-s, the fastest of
+    those whose mean judge lift is within `tie` of the largest (a tie of lifts goes to the shorter wait)."""
     fitting = {k: c for k, c in result["configs"].items() if c["summary"]["request_cpu_s"] <= budget}
     if not fitting:
         raise SystemExit(f"no config's mean request is within {budget} CPU-s")
-    key = max(fitting, key=lambda k: fitting[k]["summary"]["judge_lift"])
+    largest = max(c["summary"]["judge_lift"] for c in fitting.values())
+    tied = [k for k, c in fitting.items() if c["summary"]["judge_lift"] >= largest - tie]
+    key = min(tied, key=lambda k: fitting[k]["summary"]["request_cpu_s"])
     chosen = fitting[key]
     result["chosen"] = {
         "config": key,
-        "rule": f"largest mean judge lift among configs whose mean request takes <= {budget} CPU-s on one thread",
+        "rule": f"the largest mean judge lift among configs whose mean request takes <= {budget} CPU-s on one "
+        f"thread; of lifts within {tie} of it, the fastest",
+        "tied": tied,
         **{k: chosen[k] for k in ("method", "eta", "guidance_steps", "num_samples", "steps", "gen_length")},
         "summary": chosen["summary"],
     }
@@ -265,18 +273,50 @@ def markdown_table(result: dict) -> str:
 
 
 def time_shapes(args) -> None:
-    """One request (first prompt, entrgi) per shape, to size the grid: prints CPU seconds per half."""
+    """One whole request (first prompt, EntRGi, eta 1) per shape, on one thread: prints the CPU seconds of each part.
+
+    With `--record`, the timings are also added to `--output` under `shape_timings` (replacing those of the same
+    shapes): they cover the small and unequal (K, T=L, M) that the sweep's configs do not, for the Space's cost
+    model (`demo.CostModel.fit` reads both).
+    """
     torch.set_num_threads(1)
     stack = load_embedded_stack(dllm_version="v2")
     stack.pipe.set_progress_bar_config(disable=True)
     row = read_prompts(None, 1, "v2")[0]
+    prompt, target = row["prompt"], row["target"]
+    frames = Path(tempfile.mkdtemp(prefix="space-sweep-"))
     timings = []
     for k, length, m in args.time_shapes:
         settings = sampling_settings(num_samples=k, steps=length, gen_length=length, guidance_steps=m, eta=1.0)
-        _, unguided, _ = run_side(stack, row["prompt"], row["target"], "none", settings)
-        _, guided, _ = run_side(stack, row["prompt"], row["target"], "entrgi", settings)
-        timings.append({"K": k, "T=L": length, "M": m, "unguided_cpu_s": unguided.cpu, "guided_cpu_s": guided.cpu})
+        unguided, unguided_clock, unguided_judge = run_side(stack, prompt, target, "none", settings)
+        guided, guided_clock, guided_judge = run_side(stack, prompt, target, "entrgi", settings)
+        with Clock() as animation:
+            denoising_gif(stack, (unguided, guided), frames / "a.gif", prompt, target, stacked=True)
+        timings.append(
+            {
+                "num_samples": k,
+                "steps": length,
+                "gen_length": length,
+                "guidance_steps": m,
+                "prompt_tokens": len(stack.pipe.tokenizer(prompt)["input_ids"]),
+                "unguided_cpu_s": round(unguided_clock.cpu, 3),
+                "guided_cpu_s": round(guided_clock.cpu, 3),
+                "judge_cpu_s": round(unguided_judge.cpu + guided_judge.cpu, 3),
+                "animation_cpu_s": round(animation.cpu, 3),
+                "reference": reference_workload(),
+            }
+        )
         print(json.dumps(timings[-1]), flush=True)
+    if args.record:
+        result = json.loads(Path(args.output).read_text())
+        shapes = {(t["num_samples"], t["steps"], t["guidance_steps"]) for t in timings}
+        kept = [
+            t
+            for t in result.get("shape_timings", [])
+            if (t["num_samples"], t["steps"], t["guidance_steps"]) not in shapes
+        ]
+        result["shape_timings"] = kept + timings
+        write_json_atomic(args.output, result)
 
 
 def shape(text: str) -> tuple[int, int, int]:
@@ -290,6 +330,7 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=24)
     parser.add_argument("--budget", type=float, default=30.0, help="CPU seconds per request on one thread")
     parser.add_argument("--time-shapes", type=shape, nargs="+", metavar="K,T,M", help="only time one request each")
+    parser.add_argument("--record", action="store_true", help="with --time-shapes: add the timings to --output")
     parser.add_argument("--choose", action="store_true", help="only (re)write the choice of the saved sweep")
     parser.add_argument("--table", action="store_true", help="only print the saved sweep as a markdown table")
     args = parser.parse_args()
