@@ -71,10 +71,13 @@ class RequestCancelled(Exception):
 
 
 def _non_negative_fit(features: list[list[float]], targets: list[float]) -> list[float]:
-    """Least squares with coefficients >= 0: features whose coefficient comes out negative are dropped, in turn."""
+    """Least squares of the relative errors (a 1 s request counts as much as a 60 s one) with coefficients >= 0:
+    features whose coefficient comes out negative are dropped, in turn."""
     import numpy as np
 
     x, y = np.asarray(features, dtype=float), np.asarray(targets, dtype=float)
+    scale = 1.0 / np.maximum(y, 1e-3)
+    x, y = x * scale[:, None], y * scale
     keep = list(range(x.shape[1]))
     while True:
         coefficients = np.linalg.lstsq(x[:, keep], y, rcond=None)[0]
