@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
 import importlib.util
 import json
 import os
@@ -77,7 +78,7 @@ def main() -> None:
     calls = []
     for _ in range(args.repeats):
         wall, cpu = time.perf_counter(), time.process_time()
-        app.generate(args.prompt, args.target, "entrgi", *form, progress=lambda *a, **k: None)
+        asyncio.run(app.generate(args.prompt, args.target, d["method"], *form, progress=lambda *a, **k: None))
         calls.append({"wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2)})
         print(json.dumps({**calls[-1], "load_average_1min": os.getloadavg()[0]}), flush=True)
     report(calls, d, torch.get_num_threads())

