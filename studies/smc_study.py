@@ -1,7 +1,7 @@
 """The SMC resampling study (issue 16; studies/run_smc.sh): calibrate equal compute, then render the tables.
 
-    PYTHONPATH=src python studies/smc_study.py calibrate --num-prompts 4 --output runs/smc/calibration.json
-    PYTHONPATH=src python studies/smc_study.py render runs/smc --calibration runs/smc/calibration.json \
+    PYTHONPATH=src python studies/smc_study.py calibrate --num-prompts 4 --output runs/smc/calibration_sim.json
+    PYTHONPATH=src python studies/smc_study.py render runs/smc --calibration runs/smc/calibration_*.json \
         --output docs/smc_results.json > runs/smc/smc.md
 
 `calibrate` times one generation call per setting on the same first batch of prompts (seed 0), in CPU seconds of
@@ -39,8 +39,8 @@ SETTINGS = {
 }
 REWARDS = {"sim": "similarity", "lm": "lm-judge"}
 REFERENCE = "entrgi"
-# pairs of about equal compute besides those against EntRGi: Best-of-N at K = 16 costs what EntRGi + SMC does, SMC
-# without guidance what Best-of-N at K = 4 does (studies/smc_study.py calibrate)
+# pairs of about equal compute besides those against EntRGi: Best-of-N at the calibrated K costs what EntRGi + SMC
+# does, SMC without guidance about what Best-of-N at K = 4 does (studies/smc_study.py calibrate)
 EXTRA_COMPARISONS = [("entrgi_smc", "bon_equal"), ("none_smc", "bon")]
 
 
@@ -111,19 +111,22 @@ def record_metrics(record: dict) -> dict:
 
 
 def load(folder: Path) -> dict[str, dict[str, list[dict]]]:
-    """reward -> setting -> records (one bench output per setting)."""
+    """reward -> setting -> records (the bench outputs `<reward>_<setting>.json`; a setting run in parts, such as
+    one seed in another lane, adds `<reward>_<setting>@<part>.json`, whose records join the setting's)."""
     runs: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(folder.glob("*.json")):
-        reward, _, setting = path.stem.partition("_")
+        reward, _, setting = path.stem.partition("@")[0].partition("_")
         if reward not in REWARDS or setting not in SETTINGS:
             continue
         saved = json.loads(path.read_text())
-        runs.setdefault(reward, {})[setting] = saved["records"]
+        runs.setdefault(reward, {}).setdefault(setting, []).extend(saved["records"])
     return runs
 
 
 def render(args) -> tuple[str, dict]:
-    calibration = json.loads(Path(args.calibration).read_text()) if args.calibration else None
+    # one calibration per reward, keyed like the runs (sim, lm)
+    calibrations = [json.loads(Path(path).read_text()) for path in args.calibration or []]
+    calibration = {tag: c for c in calibrations for tag, name in REWARDS.items() if c["reward"] == name}
     runs = load(Path(args.folder))
     # the tables, and every run's settings and records, so that the JSON holds all the numbers
     sources = {path.stem: json.loads(path.read_text()) for path in sorted(Path(args.folder).glob("*.json"))}
@@ -192,14 +195,15 @@ def render(args) -> tuple[str, dict]:
                 )
             lines.append("")
             result["rewards"][reward][title.lower()] = {"table": table, "paired": diffs, "n": len(shared)}
-    if calibration:
-        cpu = calibration["cpu_seconds_per_prompt"]
-        lines += [
-            f"CPU seconds per prompt on the first {calibration['num_prompts']} prompts (one thread, seed 0; "
-            f"{calibration['reward']} reward): "
-            + ", ".join(f"{name} {value:.2f}" for name, value in cpu.items())
-            + f"; Best-of-N at equal compute: K = {calibration['bon_samples']}.",
-        ]
+        if reward in calibration:
+            cal = calibration[reward]
+            lines += [
+                f"CPU seconds per prompt on the first {cal['num_prompts']} prompts (one thread, seed 0; "
+                f"{cal['reward']} reward): "
+                + ", ".join(f"{name} {value:.2f}" for name, value in cal["cpu_seconds_per_prompt"].items())
+                + f"; Best-of-N at equal compute: K = {cal['bon_samples']}.",
+                "",
+            ]
     return "\n".join(lines), result
 
 
@@ -214,7 +218,7 @@ def main():
     cal.add_argument("--output", required=True)
     ren = sub.add_parser("render")
     ren.add_argument("folder")
-    ren.add_argument("--calibration")
+    ren.add_argument("--calibration", nargs="*", help="the calibrate outputs, one per reward")
     ren.add_argument("--output")
     args = parser.parse_args()
     if args.command == "calibrate":

@@ -136,6 +136,9 @@ def test_the_study_renderer_pairs_settings_on_shared_prompts_and_seeds(tmp_path)
     # the same request toward another target is another measurement
     runs["sim_entrgi"].append(record("p1", 0, 0.5) | {"target": "u"})
     runs["sim_entrgi_smc"].append(record("p1", 0, 0.5, [0, 1, 2]) | {"target": "u"})
+    # a setting run in two parts (one seed in another lane): the part's records join the setting's
+    runs["sim_entrgi_smc@seed1"] = [r for r in runs["sim_entrgi_smc"] if r["seed"] == 1]
+    runs["sim_entrgi_smc"] = [r for r in runs["sim_entrgi_smc"] if r["seed"] != 1]
     for name, records in runs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps({"records": records}))
     out = tmp_path / "smc.json"
