@@ -113,12 +113,24 @@ def record_metrics(record: dict) -> dict:
 def load(folder: Path) -> dict[str, dict[str, list[dict]]]:
     """reward -> setting -> records (the bench outputs `<reward>_<setting>.json`; a setting run in parts, such as
     one seed in another lane, adds `<reward>_<setting>@<part>.json`, whose records join the setting's)."""
+    from entrgi_pipelines.checkpoint import EXTENSIBLE, RESUMABLE_DIFFERENCES
+
     runs: dict[str, dict[str, list[dict]]] = {}
+    configs: dict[tuple[str, str], tuple[Path, dict]] = {}
     for path in sorted(folder.glob("*.json")):
         reward, _, setting = path.stem.partition("@")[0].partition("_")
         if reward not in REWARDS or setting not in SETTINGS:
             continue
         saved = json.loads(path.read_text())
+        first, config = configs.setdefault((reward, setting), (path, saved.get("config") or {}))
+        other = saved.get("config") or {}
+        differing = [
+            k
+            for k in sorted(set(config) | set(other))
+            if k not in RESUMABLE_DIFFERENCES + EXTENSIBLE and config.get(k) != other.get(k)
+        ]
+        if differing:
+            raise ValueError(f"{path.name} and {first.name} differ in {differing}: parts of a setting must match.")
         runs.setdefault(reward, {}).setdefault(setting, []).extend(saved["records"])
     return runs
 

@@ -151,3 +151,7 @@ def test_the_study_renderer_pairs_settings_on_shared_prompts_and_seeds(tmp_path)
     assert table["table"]["entrgi_smc"]["resamplings"] == 1 and table["table"]["entrgi"]["ancestors"] == 3
     assert table["paired"]["entrgi_smc - entrgi"]["top1"]["mean"] == pytest.approx(0.05 * 3 / 4)
     assert table["paired"]["entrgi_smc - entrgi"]["seconds"]["mean"] == pytest.approx(1.0)
+    # a part written with other settings is refused
+    (tmp_path / "sim_entrgi_smc@seed1.json").write_text(json.dumps({"config": {"eta": 2.0}, "records": []}))
+    done = subprocess.run(script, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "src"})
+    assert done.returncode != 0 and "differ in ['eta']" in done.stderr
