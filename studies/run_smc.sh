@@ -49,14 +49,14 @@ case $lane in
     main similarity "0 1 2" -K 4 --methods none "${smc[@]}" --output "$out/sim_none_smc.json"
     main similarity "0 1 2" -K 4 --methods none --output "$out/sim_bon.json"
     main similarity "0 1 2" -K "$sim_k" --methods none --output "$out/sim_bon_equal.json"
-    sweep guidance --potential guidance
-    sweep t0.03 --resample-temperature 0.03
-    sweep t0.3 --resample-temperature 0.3
-    sweep e2 --resample-every 2
-    sweep e8 --resample-every 8
     # the third seed of lane b's equal-compute Best-of-N (the renderer joins `<name>@<part>.json` to `<name>.json`)
     lm_k=$(calibrate lm-judge lm 24 32 40 48 56 64)
     main lm-judge 2 -K "$lm_k" --methods none --output "$out/lm_bon_equal@seed2.json"
+    sweep t0.03 --resample-temperature 0.03
+    sweep e8 --resample-every 8
+    sweep guidance --potential guidance
+    sweep t0.3 --resample-temperature 0.3
+    sweep e2 --resample-every 2
     ;;&
   render | all)
     python studies/smc_study.py render "$out" --calibration "$out"/calibration_*.json --output docs/smc_results.json \
