@@ -587,11 +587,15 @@ def labelled(component, name: str):
     return component
 
 
+def field(component: type, name: str, *args, **kwargs):
+    """A settings component with the page's label, help text and element id for `name`, its range check labelled."""
+    text, info = LABELS[name]
+    return labelled(component(*args, label=text, info=info, elem_id=name, **kwargs), name)
+
+
 def whole_slider(name: str) -> gr.Slider:
     low, high = SLIDERS[name]
-    text, info = LABELS[name]
-    slider = gr.Slider(low, high, step=1, precision=0, label=text, info=info, elem_id=name, min_width=220)
-    return labelled(slider, name)
+    return field(gr.Slider, name, low, high, step=1, precision=0, min_width=220)
 
 
 def example_rows() -> list[list]:
@@ -631,69 +635,20 @@ with gr.Blocks(title="EntRGi: reward-guided diffusion LM", delete_cache=(600, 36
             prompt = gr.Textbox(label=LABELS["prompt"][0], info=LABELS["prompt"][1], elem_id="prompt", lines=1)
             target = gr.Textbox(label=LABELS["target"][0], info=LABELS["target"][1], elem_id="target", lines=1)
         with gr.Column(scale=2, min_width=300):
-            method = labelled(
-                gr.Radio(METHODS, label=LABELS["method"][0], info=LABELS["method"][1], elem_id="method"), "method"
-            )
+            method = field(gr.Radio, "method", METHODS)
     with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
         with gr.Row():
             num_samples, steps, gen_length = (whole_slider(n) for n in ("num_samples", "steps", "gen_length"))
         with gr.Row():
             guidance_steps = whole_slider("guidance_steps")
-            eta = labelled(
-                gr.Slider(
-                    0.05, 2.0, step=0.05, label=LABELS["eta"][0], info=LABELS["eta"][1], elem_id="eta", min_width=220
-                ),
-                "eta",
-            )
-            seed = labelled(
-                gr.Number(precision=0, minimum=0, label=LABELS["seed"][0], info=LABELS["seed"][1], elem_id="seed"),
-                "seed",
-            )
+            eta = field(gr.Slider, "eta", 0.05, 2.0, step=0.05, min_width=220)
+            seed = field(gr.Number, "seed", precision=0, minimum=0)
         gr.Markdown("Decoding (see docs/decoding.md)")
         with gr.Row():
-            block_length = labelled(
-                gr.Number(
-                    0,
-                    precision=0,
-                    minimum=0,
-                    label=LABELS["block_length"][0],
-                    info=LABELS["block_length"][1],
-                    elem_id="block_length",
-                ),
-                "block_length",
-            )
-            threshold = labelled(
-                gr.Number(
-                    0,
-                    minimum=0,
-                    maximum=1,
-                    step=0.05,
-                    label=LABELS["threshold"][0],
-                    info=LABELS["threshold"][1],
-                    elem_id="threshold",
-                ),
-                "threshold",
-            )
-            commit_schedule = labelled(
-                gr.Dropdown(
-                    list(COMMIT_SCHEDULES),
-                    value="time",
-                    label=LABELS["commit_schedule"][0],
-                    info=LABELS["commit_schedule"][1],
-                    elem_id="commit_schedule",
-                ),
-                "commit_schedule",
-            )
-            confidence = labelled(
-                gr.Dropdown(
-                    list(CONFIDENCE_RULES),
-                    value="entropy",
-                    label=LABELS["confidence"][0],
-                    info=LABELS["confidence"][1],
-                    elem_id="confidence",
-                ),
-                "confidence",
-            )
+            block_length = field(gr.Number, "block_length", 0, precision=0, minimum=0)
+            threshold = field(gr.Number, "threshold", 0, minimum=0, maximum=1, step=0.05)
+            commit_schedule = field(gr.Dropdown, "commit_schedule", list(COMMIT_SCHEDULES), value="time")
+            confidence = field(gr.Dropdown, "confidence", list(CONFIDENCE_RULES), value="entropy")
     with gr.Row():
         run = gr.Button("Generate", variant="primary", elem_id="generate", scale=3, min_width=160)
         stop = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False, scale=1, min_width=100)
