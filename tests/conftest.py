@@ -22,6 +22,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def tiny_minilm_pair(tokenizer, reward_type: str = "similarity", topics=None, max_positions: int = 64):
+    """A seeded one-layer MiniLM pair reward model of the embedded stack (imported here: the stack needs
+    transformers 5, and the oldest-versions CI run loads this file too)."""
+    from entrgi_pipelines.stack.modeling_minilm_pair import MiniLMPairConfig, MiniLMPairRewardModel
+
+    torch.manual_seed(0)
+    config = MiniLMPairConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+        reward_type=reward_type,
+        topics=topics,
+        cls_token_id=tokenizer.cls_token_id,
+    )
+    return MiniLMPairRewardModel(config).eval()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a test module: tiny models and SmolLM2 run fastest so, and on a busy shared machine two

@@ -30,8 +30,10 @@ from entrgi_pipelines.hub import (
     save_reward_repo,
 )
 from entrgi_pipelines.stack.cache import PICKLE_SUFFIXES
-from entrgi_pipelines.stack.modeling_minilm_pair import MiniLMPairConfig, MiniLMPairRewardModel
+from entrgi_pipelines.stack.modeling_minilm_pair import MiniLMPairRewardModel
 from entrgi_pipelines.testing import tiny_masked_lm
+
+from ..conftest import tiny_minilm_pair
 
 SABOTAGE = 'raise RuntimeError("code from the repo ran")\n'
 
@@ -281,19 +283,8 @@ def test_pipeline_with_a_remote_code_dllm_saves_and_reloads(tokenizer, tmp_path,
 
 @pytest.mark.parametrize("reward_type", ["similarity", "topic"])
 def test_reward_repo_loads_with_the_auto_class_after_import(tokenizer, tmp_path, hub_cache, reward_type):
-    torch.manual_seed(0)
-    config = MiniLMPairConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        reward_type=reward_type,
-        topics=["cats", "dogs", "ships"] if reward_type == "topic" else None,
-        cls_token_id=tokenizer.cls_token_id,
-    )
-    model = MiniLMPairRewardModel(config).eval()
+    topics = ["cats", "dogs", "ships"] if reward_type == "topic" else None
+    model = tiny_minilm_pair(tokenizer, reward_type, topics)
     save_reward_repo(model, tokenizer, tmp_path / "reward")
     saved = json.loads((tmp_path / "reward" / "config.json").read_text())
     assert saved["auto_map"]["AutoModelForSequenceClassification"] == "modeling_minilm_pair.MiniLMPairRewardModel"

@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
@@ -25,9 +24,9 @@ from entrgi_pipelines.pipelines.hub_utils import add_to_hub_cache  # noqa: E402
 from entrgi_pipelines.runs import sampling_settings  # noqa: E402
 from entrgi_pipelines.stack import EmbeddedStack  # noqa: E402
 from entrgi_pipelines.stack.export import save_reward_repo  # noqa: E402
-from entrgi_pipelines.stack.modeling_minilm_pair import MiniLMPairConfig, MiniLMPairRewardModel  # noqa: E402
 from entrgi_pipelines.testing import tiny_masked_lm, tiny_reward_model  # noqa: E402
 
+from ..conftest import tiny_minilm_pair  # noqa: E402
 from .conftest import APP, BUDGET_S, form, running_app  # noqa: E402
 
 FAKE_SPACES = """
@@ -45,20 +44,10 @@ def GPU(duration=None):
 """
 
 
-def tiny_judge(tokenizer) -> MiniLMPairRewardModel:
-    torch.manual_seed(0)
-    config = MiniLMPairConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        reward_type="topic",
-        topics=["food and eating", "religion and god", "computers and programs"],
-        cls_token_id=tokenizer.cls_token_id,
+def tiny_judge(tokenizer):
+    return tiny_minilm_pair(
+        tokenizer, "topic", ["food and eating", "religion and god", "computers and programs"], max_positions=128
     )
-    return MiniLMPairRewardModel(config).eval()
 
 
 @pytest.fixture(scope="module")
