@@ -7,10 +7,14 @@
 #     guidance; Best-of-N at K = 4 and at equal compute (under lm-judge split between the lanes: seeds 0, 1 and 2)
 #   - the sweep, similarity reward, 24 prompts x seed 0: the guidance potential; resample_temperature 0.03 / 0.1 / 0.3
 #     and resample_every 2 / 4 / 8 (EntRGi + SMC, hard potential; 0.1 and 4 are the main runs' records)
+#   - lanes c and d (about 45 min each, after a and b): the temperature sweep under the lm-judge reward, whose final
+#     rewards spread about ten times wider (1 nat): 0.3 / 1 / 3, and the guidance potential, 24 prompts x seed 0
+#     (temperature 0.1 and the hard potential: the main runs' records)
 # K=4, T=L=16, M=3, eta=0.5, tau=0.7, top-p 0.95, dLLM v2, batches of 4 prompts; SMC: every 4 steps, ESS threshold
 # 0.5 K, temperature 0.1, unless the sweep says otherwise. Every part is resumable (--resume): a stopped lane picks up
 # at the batch where it stopped.
 # Usage: nice -n 5 bash studies/run_smc.sh OUT_DIR a   &   nice -n 5 bash studies/run_smc.sh OUT_DIR b
+#        (then lanes c and d the same way)
 #        bash studies/run_smc.sh OUT_DIR render   (OUT_DIR/smc.md and docs/smc_results.json)
 set -euo pipefail
 out=${1:-runs/smc}
@@ -29,9 +33,10 @@ calibrate() {  # reward, tag, Best-of-N sizes: prints the equal-compute K
 main() {  # reward, seeds, settings... (the first 24 prompts)
   bench --reward "$1" --num-prompts 24 --seeds $2 "${common[@]}" "${@:3}"
 }
-sweep() {  # name, settings...
-  bench --reward similarity --num-prompts 24 --seeds 0 -K 4 --methods entrgi "${common[@]}" "${smc[@]}" "${@:2}" \
-    --output "$out/sim_entrgi_smc_$1.json"
+sweep() {  # name, settings... (reward: $reward, similarity unless set)
+  local tag; tag=$([ "${reward:-similarity}" = similarity ] && echo sim || echo lm)
+  bench --reward "${reward:-similarity}" --num-prompts 24 --seeds 0 -K 4 --methods entrgi "${common[@]}" "${smc[@]}" \
+    "${@:2}" --output "$out/${tag}_entrgi_smc_$1.json"
 }
 case $lane in
   b | all)  # about 50 CPU-s per lm-judge guided prompt
@@ -57,6 +62,14 @@ case $lane in
     sweep guidance --potential guidance
     sweep t0.3 --resample-temperature 0.3
     sweep e2 --resample-every 2
+    ;;&
+  c | all)
+    reward=lm-judge sweep t1 --resample-temperature 1
+    reward=lm-judge sweep t0.3 --resample-temperature 0.3
+    ;;&
+  d | all)
+    reward=lm-judge sweep t3 --resample-temperature 3
+    reward=lm-judge sweep guidance --potential guidance
     ;;&
   render | all)
     python studies/smc_study.py render "$out" --calibration "$out"/calibration_*.json --output docs/smc_results.json \

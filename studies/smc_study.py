@@ -34,6 +34,8 @@ SETTINGS = {
     "entrgi_smc_guidance": "EntRGi + SMC, guidance potential",
     "entrgi_smc_t0.03": "EntRGi + SMC, temperature 0.03",
     "entrgi_smc_t0.3": "EntRGi + SMC, temperature 0.3",
+    "entrgi_smc_t1": "EntRGi + SMC, temperature 1",
+    "entrgi_smc_t3": "EntRGi + SMC, temperature 3",
     "entrgi_smc_e2": "EntRGi + SMC, every 2 steps",
     "entrgi_smc_e8": "EntRGi + SMC, every 8 steps",
 }
