@@ -118,13 +118,19 @@ def test_generate_shows_the_estimate_a_busy_button_and_both_answers(browser, spa
     page.close()
 
 
-def test_stop_ends_the_request_and_the_next_one_runs(browser, space, expect):
-    stopped = space.count("stopped: the request was cancelled")
+def start_long_request(browser, space, expect):
+    """A new page whose LONG request runs: its progress bar shows a step."""
     page = open_page(browser, space)
     set_settings(page, **LONG)
     page.locator("#generate").click()
     progress = page.get_by_text(re.compile(r"Best-of-N \(unguided\): step \d+/96"))
     expect(progress).to_have_count(1, timeout=60_000)  # one progress bar, not one per output
+    return page
+
+
+def test_stop_ends_the_request_and_the_next_one_runs(browser, space, expect):
+    stopped = space.count("stopped: the request was cancelled")
+    page = start_long_request(browser, space, expect)
     clicked = time.monotonic()
     page.locator("#stop").click()
     expect(page.locator("#generate")).to_have_text("Generate", timeout=10_000)
@@ -143,11 +149,7 @@ def test_stop_ends_the_request_and_the_next_one_runs(browser, space, expect):
 
 def test_a_closed_page_frees_the_worker_for_the_next_visitor(browser, space, expect):
     left = space.count("stopped: the visitor left")
-    first = open_page(browser, space)
-    set_settings(first, **LONG)
-    first.locator("#generate").click()
-    expect(first.get_by_text(re.compile(r"step \d+/96"))).to_have_count(1, timeout=60_000)
-    first.close()
+    start_long_request(browser, space, expect).close()
     closed = time.monotonic()
     second = open_page(browser, space)
     second.locator("#prompt textarea").fill("Tell me about an old bridge in a small town.")
