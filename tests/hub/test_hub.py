@@ -17,6 +17,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
+import transformers
 from diffusers import DiffusionPipeline
 from huggingface_hub import ModelCard, snapshot_download
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
@@ -100,6 +101,62 @@ def test_save_pretrained_writes_a_layout_diffusers_can_resolve(tokenizer, tmp_pa
     assert files_under(tmp_path / "a") == files_under(tmp_path / "b")
     assert (tmp_path / "a" / "model_index.json").read_text() == (tmp_path / "b" / "model_index.json").read_text()
     check_safetensors_only(tmp_path / "a")
+
+
+def test_the_tokenizer_is_saved_under_names_transformers_4_and_5_both_load(tokenizer, tmp_path):
+    pipe = tiny_pipeline(tokenizer)
+    pipe.save_pretrained(tmp_path / "repo")
+    index = json.loads((tmp_path / "repo" / "model_index.json").read_text())
+    assert index["tokenizer"] == ["transformers", "PreTrainedTokenizerFast"]
+    saved = json.loads((tmp_path / "repo" / "tokenizer" / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert not isinstance(saved.get("extra_special_tokens"), list)  # transformers 4 reads that key as a dict
+    assert pipe.config["tokenizer"][1] == type(tokenizer).__name__  # the pipeline in memory is unchanged
+    loaded = EntRGiPipeline.from_pretrained(tmp_path / "repo").tokenizer
+    text = "a <|user|> b [MASK] c <|end|>"
+    assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert sorted(loaded.all_special_tokens) == sorted(tokenizer.all_special_tokens)
+    assert len(loaded) == len(tokenizer) and loaded.mask_token_id == tokenizer.mask_token_id
+
+
+SAVE_ON_NEWEST = """
+import json, sys
+import torch, transformers
+from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler
+from entrgi_pipelines.testing import tiny_masked_lm, tiny_wordpiece_tokenizer
+
+tokenizer = tiny_wordpiece_tokenizer(chat_template=True)
+pipe = EntRGiPipeline(model=tiny_masked_lm(len(tokenizer)), tokenizer=tokenizer, scheduler=MaskedDiffusionScheduler())
+pipe.save_pretrained(sys.argv[1])
+out = pipe(messages=[{"role": "user", "content": "hello"}], gen_length=6, num_inference_steps=6,
+           num_samples_per_prompt=2, generator=torch.Generator().manual_seed(0))
+print(json.dumps({"version": transformers.__version__, "sequences": out.sequences.tolist()}))
+"""
+
+
+@pytest.mark.skipif(
+    int(transformers.__version__.split(".")[0]) >= 5,
+    reason="runs under transformers 4 (CI's oldest-versions pass): saves with transformers 5 in a subprocess",
+)
+def test_a_pipeline_saved_with_transformers_5_loads_and_samples_the_same_with_4(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # CI's side folder of older versions is off
+    run = subprocess.run(
+        [sys.executable, "-c", SAVE_ON_NEWEST, str(tmp_path / "repo")], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    saved = json.loads(run.stdout.strip().splitlines()[-1])
+    if int(saved["version"].split(".")[0]) < 5:
+        pytest.skip(f"no transformers 5 beside this {transformers.__version__} (the subprocess had {saved['version']})")
+    pipe = EntRGiPipeline.from_pretrained(tmp_path / "repo")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        messages=[{"role": "user", "content": "hello"}],
+        gen_length=6,
+        num_inference_steps=6,
+        num_samples_per_prompt=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.sequences.tolist() == saved["sequences"]
 
 
 def test_check_safetensors_only_refuses_pickle_files(tmp_path):

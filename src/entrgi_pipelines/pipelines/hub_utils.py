@@ -15,6 +15,9 @@ format for a class that lives elsewhere is `[module, class]` with `module.py` in
   classes from the installed `entrgi_pipelines` package (`pip install entrgi-pipelines`); no code of ours is copied;
 - a dLLM (or tokenizer) that is itself remote code (Dream, LLaDA: loaded with `trust_remote_code=True`) is
   recorded as `[modeling_file, class]` with its modeling files in `model/`, where diffusers finds them.
+- a tokenizer that transformers 5 saves as `TokenizersBackend` is recorded as `PreTrainedTokenizerFast`, its extra
+  special tokens under `additional_special_tokens`: names both transformers 4 and 5 read, so a repo saved on 5
+  loads on the transformers 4 releases the package supports.
 
 `EntRGiPipeline.from_pretrained(repo)` never runs the shims: the class asked for is the installed one, so it reads
 those entries back as the installed classes (no `trust_remote_code` needed unless the dLLM is remote code).
@@ -42,6 +45,11 @@ logger = logging.getLogger(__name__)
 PIPELINE_MODULE = "pipeline_entrgi"
 # Module prefixes of classes that transformers and diffusers load from a repo's own files (trust_remote_code=True).
 REMOTE_CODE_PREFIXES = ("transformers_modules.", "diffusers_modules.")
+# transformers 5 saves a tokenizer that is its `tokenizer.json` alone as `TokenizersBackend`, with its extra special
+# tokens as a list under `extra_special_tokens`; transformers 4 (which the package still supports) knows the class
+# as `PreTrainedTokenizerFast`, a name that 5 keeps as an alias, and the list as `additional_special_tokens`, a key
+# that 5 still reads. A saved pipeline uses the names both understand.
+PORTABLE_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 _SHIM_HEADER = '''"""Entry point of an EntRGi pipeline repo for diffusers' `trust_remote_code=True` loading.
 
 The class comes from the installed package: `pip install entrgi-pipelines`.
@@ -83,11 +91,32 @@ def _copy_remote_code(cls: type, folder: Path) -> str:
     return source.stem
 
 
+def write_portable_tokenizer_config(folder: str | os.PathLike) -> None:
+    """Rewrites a saved tokenizer's `tokenizer_config.json` (if `folder` has one) with the class name and special
+    tokens key that transformers 4 and 5 both read (see `PORTABLE_TOKENIZER_CLASSES`); the tokens are unchanged."""
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    portable = dict(config)
+    if config.get("tokenizer_class") in PORTABLE_TOKENIZER_CLASSES:
+        portable["tokenizer_class"] = PORTABLE_TOKENIZER_CLASSES[config["tokenizer_class"]]
+    if isinstance(config.get("extra_special_tokens"), list):
+        extra = portable.pop("extra_special_tokens")
+        portable["additional_special_tokens"] = list(
+            dict.fromkeys([*(config.get("additional_special_tokens") or []), *extra])
+        )
+    if portable != config:
+        path.write_text(json.dumps(portable, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def write_repo_code(pipeline: Any, save_directory: str | os.PathLike) -> dict[str, list[str]]:
     """Writes the code files that let diffusers find a pipeline's classes from its repo; returns the new entries.
 
     The returned `model_index.json` entries are `[module, class]` pairs whose `module.py` this wrote: the pipeline
-    class (`_class_name`) and each component whose class comes from `entrgi_pipelines` or from remote code.
+    class (`_class_name`) and each component whose class comes from `entrgi_pipelines` or from remote code; and a
+    transformers tokenizer is recorded under the name that transformers 4 and 5 both load (its saved
+    `tokenizer_config.json` too, [`write_portable_tokenizer_config`]).
     """
     folder = Path(save_directory)
     entries: dict[str, list[str]] = {}
@@ -115,6 +144,10 @@ def write_repo_code(pipeline: Any, save_directory: str | os.PathLike) -> dict[st
             entries[name] = [module, component_cls.__name__]
         elif component_cls.__module__.startswith(REMOTE_CODE_PREFIXES):
             entries[name] = [_copy_remote_code(component_cls, folder / name), component_cls.__name__]
+        elif value[0] == "transformers" and value[1] in PORTABLE_TOKENIZER_CLASSES:
+            entries[name] = ["transformers", PORTABLE_TOKENIZER_CLASSES[value[1]]]
+        if value[0] == "transformers":
+            write_portable_tokenizer_config(folder / name)
     return entries
 
 
