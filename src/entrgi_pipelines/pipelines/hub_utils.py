@@ -297,4 +297,12 @@ def add_to_hub_cache(
     return commit
 
 
-__all__ = ["PIPELINE_MODULE", "REMOTE_CODE_PREFIXES", "HubPipelineMixin", "add_to_hub_cache", "write_repo_code"]
+__all__ = [
+    "PIPELINE_MODULE",
+    "PORTABLE_TOKENIZER_CLASSES",
+    "REMOTE_CODE_PREFIXES",
+    "HubPipelineMixin",
+    "add_to_hub_cache",
+    "write_portable_tokenizer_config",
+    "write_repo_code",
+]
