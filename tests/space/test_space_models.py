@@ -44,12 +44,6 @@ def GPU(duration=None):
 """
 
 
-def tiny_judge(tokenizer):
-    return tiny_minilm_pair(
-        tokenizer, "topic", ["food and eating", "religion and god", "computers and programs"], max_positions=128
-    )
-
-
 @pytest.fixture(scope="module")
 def hub_repos(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("repos")
@@ -59,7 +53,9 @@ def hub_repos(tmp_path_factory, tokenizer):
     pipe.save_pretrained(root / "pipeline")
     tiny_reward_model(len(tokenizer)).save_pretrained(root / "reward")
     tokenizer.save_pretrained(root / "reward")
-    save_reward_repo(tiny_judge(tokenizer), tokenizer, root / "judge")
+    topics = ["food and eating", "religion and god", "computers and programs"]
+    judge = tiny_minilm_pair(tokenizer, "topic", topics, max_positions=128)
+    save_reward_repo(judge, tokenizer, root / "judge")
     cache = root / "hub"
     for kind in ("pipeline", "reward", "judge"):
         add_to_hub_cache(root / kind, f"org/tiny-{kind}", cache)
