@@ -26,17 +26,21 @@ def _one_thread(one_thread):
     yield
 
 
-def _sharpen(module, args, output):
-    output.logits = output.logits * 100.0
-    return output
+def _sharpener(scale: float):
+    def sharpen(module, args, output):
+        output.logits = output.logits * scale
+        return output
+
+    return sharpen
 
 
 def make_pipe(tokenizer, kind="bert", sharp=False, **scheduler):
-    """A tiny random dLLM; `sharp` scales its logits so that confidences are far apart, as a trained model's are (a
-    random model's near-uniform distributions tie to float rounding, where any two exact samplers may differ)."""
+    """A tiny random dLLM; `sharp` scales its logits (by 100, or by the number given) so that confidences are far
+    apart, as a trained model's are (a random model's near-uniform distributions tie to float rounding, where any two
+    exact samplers may differ, and so may two CPUs: AVX2 and AVX-512 kernels round differently)."""
     model = tiny_masked_lm(len(tokenizer)) if kind == "bert" else tiny_causal_lm(len(tokenizer))
     if sharp:
-        model.register_forward_hook(_sharpen)
+        model.register_forward_hook(_sharpener(100.0 if sharp is True else float(sharp)))
     pipe = EntRGiPipeline(model, tokenizer, MaskedDiffusionScheduler(**scheduler), logits_shift=kind == "causal")
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -48,9 +52,13 @@ def seeded(seed=0):
 
 def test_one_block_gives_the_tokens_recorded_before_blocks_existed(tokenizer, reward_model):
     """`block_length=None` is the old decoder: the same tokens and rewards for the same seed (recorded with the code
-    before this change, 22 settings per model kind)."""
+    before blocks existed, e521901^, 22 settings per model kind). Logits x10: with the raw random model, confidences
+    tie to float rounding and the recorded tokens held on AVX2 CPUs only; x10 gives the same recording on AVX2 and
+    AVX-512 (checked with ATEN_CPU_CAPABILITY)."""
     for record in json.loads(RECORDED.read_text()):
-        pipe = make_pipe(tokenizer, record["kind"], confidence=record["confidence"], eos_last=record["eos_last"])
+        pipe = make_pipe(
+            tokenizer, record["kind"], sharp=10.0, confidence=record["confidence"], eos_last=record["eos_last"]
+        )
         out = pipe(
             PROMPTS,
             reward_model=reward_model,
@@ -63,7 +71,9 @@ def test_one_block_gives_the_tokens_recorded_before_blocks_existed(tokenizer, re
         )
         key = (record["kind"], record["confidence"], record["eos_last"], record["guidance"])
         assert out.sequences.tolist() == record["sequences"], key
-        assert out.rewards.tolist() == record["rewards"], key
+        # Rewards to 1e-5: the tiny reward model's float32 sums are reordered between releases (transformers 5.25
+        # computes them about 6e-8 away from 5.24's); the tokens, which decide everything else, stay exact.
+        torch.testing.assert_close(out.rewards, torch.tensor(record["rewards"]), rtol=0, atol=1e-5, msg=str(key))
         assert out.nfe == 5
 
 
