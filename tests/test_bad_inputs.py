@@ -68,21 +68,26 @@ PIPELINE_CASES = {
         "role 'user'",
     ),
     "input_ids_1d": (dict(prompt=None, input_ids=torch.tensor([5, 6])), ValueError, "`input_ids`"),
-    "input_ids_float": (dict(prompt=None, input_ids=torch.tensor([[5.0, 6.0]])), ValueError, "`input_ids`"),
+    "input_ids_float": (dict(prompt=None, input_ids=torch.tensor([[5.0, 6.0]])), TypeError, "`input_ids`"),
     "input_ids_out_of_vocabulary": (dict(prompt=None, input_ids=torch.tensor([[5, 10**6]])), ValueError, "`input_ids`"),
     "gen_length_zero": (dict(gen_length=0), ValueError, "`gen_length`"),
     "gen_length_past_positions": (dict(gen_length=500), ValueError, "`gen_length`"),
-    "steps_float": (dict(num_inference_steps=2.5), ValueError, "`num_inference_steps`"),
-    "samples_bool": (dict(num_samples_per_prompt=True), ValueError, "`num_samples_per_prompt`"),
+    "steps_float": (dict(num_inference_steps=2.5), TypeError, "`num_inference_steps`"),
+    "samples_bool": (dict(num_samples_per_prompt=True), TypeError, "`num_samples_per_prompt`"),
     "guidance_unknown": (dict(guidance="best"), ValueError, "`guidance`"),
     "guidance_without_reward": (dict(reward_model=None, guidance="entrgi"), ValueError, "`reward_model`"),
     "guidance_steps_negative": (dict(guidance_steps=-1), ValueError, "`guidance_steps`"),
+    "guidance_steps_float": (dict(guidance_steps=1.5), TypeError, "`guidance_steps`"),
     "guidance_lr_zero": (dict(guidance_lr=0), ValueError, "`guidance_lr`"),
-    "guidance_lr_text": (dict(guidance_lr="0.5"), ValueError, "`guidance_lr`"),
+    "guidance_lr_text": (dict(guidance_lr="0.5"), TypeError, "`guidance_lr`"),
     "temperature_negative": (dict(temperature=-1.0), ValueError, "`temperature`"),
     "top_p_zero": (dict(top_p=0.0), ValueError, "`top_p`"),
     "top_p_above_one": (dict(top_p=1.5), ValueError, "`top_p`"),
     "top_k_zero": (dict(top_k=0), ValueError, "`top_k`"),
+    "top_k_bool": (dict(top_k=True), TypeError, "`top_k`"),
+    "block_length_float": (dict(block_length=2.5), TypeError, "`block_length`"),
+    "guidance_scope_unknown": (dict(guidance_scope="all"), ValueError, "`guidance_scope`"),
+    "reward_template_without_reward": (dict(reward_model=None, reward_template="{response}"), ValueError, "template"),
     "mask_token_out_of_vocabulary": (dict(mask_token_id=10**6), ValueError, "`mask_token_id`"),
     "reward_prompt_count": (dict(reward_prompt=["a", "b"]), ValueError, "`reward_prompt`"),
     "reward_prompt_not_text": (dict(reward_prompt=[1]), TypeError, "`reward_prompt`"),
@@ -113,13 +118,68 @@ def test_pipeline_refuses_bad_input_before_model_work_and_stays_usable(guided, t
     elif kwargs == "list_with_none":
         kwargs = dict(reward_model=[reward_model, None])
     call = {"prompt": "the cat", "reward_model": reward_model, **GOOD, **kwargs}
-    before = counter.calls
-    with pytest.raises(error, match=message):
-        pipe(**call)
+    before, encoded = counter.calls, []
+    encode_prompt = pipe.encode_prompt
+    pipe.encode_prompt = lambda *args: encoded.append(args) or encode_prompt(*args)
+    try:
+        with pytest.raises(error, match=message):
+            pipe(**call)
+    finally:
+        del pipe.encode_prompt
     assert counter.calls == before, "a bad input must be refused before any model runs"
+    # only the position limit needs the encoded prompt's length
+    assert not encoded or case == "gen_length_past_positions", "a bad input must be refused before prompt encoding"
     assert pipe.sampling_state == {}
     out = pipe("the cat", reward_model=reward_model, generator=torch.Generator().manual_seed(0), **GOOD)
     assert torch.equal(out.sequences, reference.sequences) and torch.equal(out.rewards, reference.rewards)
+
+
+def test_every_argument_after_the_prompt_is_keyword_only(guided, reward_model):
+    pipe, _, counter = guided
+    before = counter.calls
+    with pytest.raises(TypeError, match="positional"):
+        pipe("the cat", reward_model)
+    assert counter.calls == before
+
+
+def test_a_wrong_type_is_a_type_error_everywhere_and_still_a_value_error_for_old_callers(reward_model, guided):
+    """One exception type per kind of mistake, the same in the pipeline and in `RewardGuidance`; the type errors of
+    the shared checks also derive from ValueError, which the pipeline raised for some of them before."""
+    pipe = guided[0]
+    for make in (
+        lambda: pipe("the cat", reward_model=reward_model, guidance_steps=1.5, **GOOD),
+        lambda: RewardGuidance(reward_model, guidance_steps=1.5),
+        lambda: pipe("the cat", reward_model=reward_model, top_k=True, **GOOD),
+    ):
+        with pytest.raises(TypeError) as error:
+            make()
+        assert isinstance(error.value, ValueError)
+
+
+def test_reward_guidance_and_its_vocabulary_maps_are_reused_across_calls(tokenizer, reward_model, monkeypatch):
+    from entrgi_pipelines.guidance import reward_guidance
+
+    built = []
+    original = reward_guidance.VocabularyMap.from_tokenizers
+    monkeypatch.setattr(
+        reward_guidance.VocabularyMap,
+        "from_tokenizers",
+        staticmethod(lambda *args, **kwargs: built.append(1) or original(*args, **kwargs)),
+    )
+    pipe = EntRGiPipeline(**get_dummy_components(tokenizer))
+    pipe.set_progress_bar_config(disable=True)
+    first = pipe("the cat", reward_model=reward_model, generator=torch.Generator().manual_seed(0), **GOOD)
+    again = pipe("the cat", reward_model=reward_model, generator=torch.Generator().manual_seed(0), **GOOD)
+    assert len(built) == 1, "the same reward model and tokenizer: the vocabulary map is built once"
+    assert torch.equal(first.sequences, again.sequences) and torch.equal(first.rewards, again.rewards)
+    aps = pipe("the cat", reward_model=reward_model, guidance="aps", guidance_steps=1, **GOOD)
+    assert len(built) == 1 and pipe._last_reward_guidance[1].config.guidance == "aps"
+    assert aps.rewards.shape == (1, 2)
+    other = two_label_classifier(tokenizer)  # a new object: a new RewardGuidance (refused here for its labels)
+    with pytest.raises(ValueError, match="num_labels"):
+        pipe("the cat", reward_model=other, **GOOD)
+    pipe("the cat", reward_model=reward_model, **GOOD)
+    assert len(built) == 1, "a refused call leaves the kept guidance as it was"
 
 
 GUIDANCE_CASES = {

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type. A `TypeError`, and also a `ValueError` because the pipeline raised `ValueError`
+    for some wrong types (a float step count, a string learning rate) before every check went through this module:
+    code that catches either keeps working."""
+
+
 def check_number(
     name: str,
     value: Any,
@@ -28,7 +34,7 @@ def check_number(
     if value is None and none_ok:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}.")
+        raise ArgumentTypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}.")
     above = value > low if low_open else value >= low
     below = value < high if high_open else value <= high
     if not (math.isfinite(value) and above and below):
@@ -42,7 +48,7 @@ def check_integer(name: str, value: Any, *, minimum: int = 0, none_ok: bool = Fa
     if value is None and none_ok:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an integer >= {minimum}, got {type(value).__name__} {value!r}.")
+        raise ArgumentTypeError(f"`{name}` must be an integer >= {minimum}, got {type(value).__name__} {value!r}.")
     if value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
@@ -51,6 +57,30 @@ def check_choice(name: str, value: Any, choices: tuple, *, none_ok: bool = False
     """Refuses a value outside `choices` (`None` allowed when `none_ok`)."""
     if not (value is None and none_ok) and value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}{' or None' if none_ok else ''}, got {value!r}.")
+
+
+def check_instance(
+    name: str, value: Any, types: type | tuple[type, ...], expected: str, *, none_ok: bool = False
+) -> None:
+    """Refuses a value that is not an instance of `types` (`expected` says what is allowed, e.g. "a string")."""
+    if not (value is None and none_ok) and not isinstance(value, types):
+        none = " or None" if none_ok else ""
+        raise ArgumentTypeError(f"`{name}` must be {expected}{none}, got {type(value).__name__} {value!r:.80}.")
+
+
+def check_text_list(name: str, value: Any, *, none_ok: bool = False, blank_ok: bool = False) -> list[str] | None:
+    """A string or a non-empty list of strings (non-blank unless `blank_ok`), returned as a list (`None` when
+    `none_ok`)."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ArgumentTypeError(f"`{name}` must be a string or a list of strings, got {value!r:.80}.")
+    if not value or (not blank_ok and any(not v.strip() for v in value)):
+        blank = "" if blank_ok else " non-empty"
+        raise ValueError(f"`{name}` must be a{blank} string or a non-empty list of{blank} strings.")
+    return value
 
 
 # Command-line tools

@@ -207,7 +207,9 @@ def test_callbacks_see_later_blocks_masked_and_the_model_sees_the_whole_sequence
     widths = []
 
     def record(pipeline, step, timestep, kwargs):
-        widths.append((kwargs["sequences"].shape[1], pipeline.sampling_state["block"]))
+        bounds = kwargs["block_bounds"]  # per row: every row is in the same block here
+        assert (bounds == bounds[0]).all() and bounds.shape == (kwargs["sequences"].shape[0], 2)
+        widths.append((kwargs["sequences"].shape[1], tuple(bounds[0].tolist())))
         return kwargs
 
     pipe(
@@ -216,7 +218,7 @@ def test_callbacks_see_later_blocks_masked_and_the_model_sees_the_whole_sequence
         num_inference_steps=4,
         block_length=4,
         callback_on_step_end=record,
-        callback_on_step_end_tensor_inputs=["sequences"],
+        callback_on_step_end_tensor_inputs=["sequences", "block_bounds"],
         generator=seeded(),
     )
     assert [block for _, block in widths] == [(0, 4), (0, 4), (4, 8), (4, 8)]

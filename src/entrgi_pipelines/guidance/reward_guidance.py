@@ -34,6 +34,15 @@ class _SoftEmbeddings(torch.autograd.Function):
         return torch.mm(grad_soft, matrix.T, out=ctx.workspace.get(ctx.name, probs)), None, None, None
 
 
+def _visible_until(visible: torch.BoolTensor, end: int | torch.LongTensor | None) -> torch.BoolTensor:
+    """`visible` with the positions from `end` on hidden (`end`: one position for all rows, or one per row)."""
+    if end is None:
+        return visible
+    positions = torch.arange(visible.shape[1], device=visible.device)
+    end = torch.as_tensor(end, device=visible.device)
+    return visible & (positions < end.reshape(-1, 1))
+
+
 class RewardGuidance(PipelineCallback):
     """
     Steers a masked diffusion LM toward higher reward by gradient ascent on the logits of its masked positions.
@@ -107,7 +116,7 @@ class RewardGuidance(PipelineCallback):
         ```
     """
 
-    tensor_inputs = ["logits", "response_tokens"]
+    tensor_inputs = ["logits", "response_tokens", "block_bounds"]
 
     def __init__(
         self,
@@ -200,9 +209,17 @@ class RewardGuidance(PipelineCallback):
         """For each reward model, the fraction of the diffusion vocabulary that maps onto its vocabulary."""
         return [term.vocab_map.coverage for term in self.terms]
 
-    def prepare(self, pipeline, reward_prompts: Sequence[str], prompts: Sequence[str] | None = None) -> None:
+    def prepare(
+        self,
+        pipeline,
+        reward_prompts: Sequence[str],
+        prompts: Sequence[str] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         """Binds the callback to a pipeline call: reward terms, one reward prompt (the `{target}` slot) and one
-        generation prompt (`{prompt}`, defaults to the reward prompt) per sample, sampling settings."""
+        generation prompt (`{prompt}`, defaults to the reward prompt) per sample, and the call's `settings` (mask and
+        end-of-sequence ids, temperature, top-p/k, generator, guidance scope; by default `pipeline.sampling_state`).
+        """
         if not self.terms or self._call.get("tokenizer") is not pipeline.tokenizer:
             vocab_size = pipeline.vocab_size
             self._call, self.terms = {}, []  # a failure below leaves nothing half-built: the next call rebuilds all
@@ -224,7 +241,8 @@ class RewardGuidance(PipelineCallback):
                 self.terms.append(term)
         for term in self.terms:
             term.prepare(reward_prompts, term.embeddings.weight.device, prompts)
-        self._call = {"tokenizer": pipeline.tokenizer, **pipeline.sampling_state}
+        settings = pipeline.sampling_state if settings is None else settings
+        self._call = {"tokenizer": pipeline.tokenizer, **settings}
         self.trace = []
         self._fallbacks = []
 
@@ -257,9 +275,7 @@ class RewardGuidance(PipelineCallback):
         """Summed reward `(N,)` of the responses whose masked positions are fed as EntRGi embeddings (`index`: see
         `response_embeddings`); with `end`, the responses are cut there (positions from `end` on are hidden)."""
         sampled = tokens.masked_scatter(masked, hard)
-        visible = visible_before_eos(sampled, self._call["eos_token_id"])
-        if end is not None and end < tokens.shape[1]:
-            visible[:, end:] = False
+        visible = _visible_until(visible_before_eos(sampled, self._call["eos_token_id"]), end)
         total = 0.0
         for term in self.terms:
             embeds = self.response_embeddings(term, tokens, masked, probs, hard, weight, index)
@@ -281,18 +297,14 @@ class RewardGuidance(PipelineCallback):
             return callback_kwargs
         logits, tokens = callback_kwargs["logits"], callback_kwargs["response_tokens"]
         masked = tokens == self._call["mask_token_id"]
-        # With blocks and the "block" scope, the reward model reads the response up to the current block's end and
+        # With blocks and the "block" scope, the reward model reads each response up to its current block's end and
         # only that block is guided; later blocks stay masked, unseen.
-        state = pipeline.sampling_state
         end = None
-        if state.get("guidance_scope", "response") == "block" and "block" in state:
-            start, end = state["block"]
-            if (start, end) != (0, tokens.shape[1]):
-                in_block = torch.zeros_like(masked[0])
-                in_block[start:end] = True
-                masked = masked & in_block
-            else:
-                end = None
+        bounds = callback_kwargs.get("block_bounds")
+        if self._call.get("guidance_scope", "response") == "block" and bounds is not None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)
+            end = bounds[:, 1]
+            masked = masked & (positions >= bounds[:, :1]) & (positions < end[:, None])
         # The one host sync of a guided step (it sizes the masked rows); `rows` groups the positions of each sample.
         rows, columns = masked.nonzero(as_tuple=True)
         if rows.numel() == 0:
@@ -356,7 +368,7 @@ class RewardGuidance(PipelineCallback):
         return steps, samples
 
     @torch.no_grad()
-    def reward_of_tokens(self, tokens: torch.LongTensor, end: int | None = None) -> torch.Tensor:
+    def reward_of_tokens(self, tokens: torch.LongTensor, end: int | torch.LongTensor | None = None) -> torch.Tensor:
         """The summed reward `(N,)` of response tokens `(N, L)` fed as guidance feeds committed tokens (their own
         embeddings; positions from the first end-of-sequence token on, and from `end` on, unseen). One forward of
         each reward model, without gradient: SMC's `"hard"` potential, on the step's denoised estimate.
@@ -366,9 +378,7 @@ class RewardGuidance(PipelineCallback):
         """
         if not self._call:
             raise RuntimeError("RewardGuidance must be prepared by the pipeline before it scores tokens.")
-        visible = visible_before_eos(tokens, self._call["eos_token_id"])
-        if end is not None and end < tokens.shape[1]:
-            visible[:, end:] = False
+        visible = _visible_until(visible_before_eos(tokens, self._call["eos_token_id"]), end)
         total = 0.0
         for term in self.terms:
             matrix = term.dllm_embedding_matrix()

@@ -12,6 +12,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from ..validation import check_integer, check_number
+
 CONFIDENCE_RULES = ("entropy", "maskgit_plus", "topk_margin", "origin", "anchor", "random")
 COMMIT_SCHEDULES = ("time", "even", "time_floor")
 # Subtracted from the confidence of end-of-sequence candidates so that they are committed last.
@@ -578,8 +580,7 @@ def check_decoding_arguments(
     """Refuses decoding settings that cannot work, naming the argument and the fix (the scheduler's config, its
     `set_timesteps` and `step`, and the pipeline's call share it)."""
     if block_length is not None:
-        if isinstance(block_length, bool) or not isinstance(block_length, numbers.Integral) or block_length <= 0:
-            raise ValueError(f"`block_length` must be a positive integer or None (one block), got {block_length!r}.")
+        check_integer("block_length", block_length, minimum=1, none_ok=True)
         if gen_length is not None and gen_length % block_length:
             raise ValueError(
                 f"`block_length` ({block_length}) must divide `gen_length` ({gen_length}): pass a divisor of "
@@ -594,15 +595,13 @@ def check_decoding_arguments(
                     "`block_length`."
                 )
     if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold <= 1:
-            raise ValueError(f"`threshold` must be a number in (0, 1] or None (fixed steps), got {threshold!r}.")
+        check_number("threshold", threshold, low=0.0, high=1.0, low_open=True, none_ok=True)
         if confidence in ("origin", "random"):
             raise ValueError(
                 f"`threshold` needs a confidence that measures the model's certainty, not `confidence={confidence!r}`:"
                 " use 'maskgit_plus', 'entropy', 'topk_margin' or 'anchor', or drop `threshold`."
             )
-    if isinstance(minimal_topk, bool) or not isinstance(minimal_topk, numbers.Integral) or minimal_topk < 1:
-        raise ValueError(f"`minimal_topk` must be an integer >= 1, got {minimal_topk!r}.")
+    check_integer("minimal_topk", minimal_topk, minimum=1)
 
 
 def _anchor_distance(masked: torch.BoolTensor) -> torch.LongTensor:

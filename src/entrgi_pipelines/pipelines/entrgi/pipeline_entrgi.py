@@ -20,6 +20,14 @@ from ...guidance.reward_guidance import RewardGuidance
 from ...guidance.rewards import visible_before_eos
 from ...pipelines.hub_utils import HubPipelineMixin
 from ...schedulers.scheduling_masked_diffusion import MaskedDiffusionScheduler, check_decoding_arguments
+from ...validation import (
+    ArgumentTypeError,
+    check_choice,
+    check_instance,
+    check_integer,
+    check_number,
+    check_text_list,
+)
 
 # What the reward model sees with blocks: every masked position ("response") or the response up to the current
 # block's end, only the current block guided ("block").
@@ -115,6 +123,14 @@ def _guidance_first(guidance: PipelineCallback, callback: Any, tensor_inputs: li
     return _ThenCall(guidance, callback, tensor_inputs)
 
 
+def _same_objects(a, b) -> bool:
+    """Whether two nested tuples hold the very same objects (identity, not equality: a tokenizer or a template
+    compared by value could be an edited copy)."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same_objects(x, y) for x, y in zip(a, b))
+    return a is b
+
+
 def _check_model_logits(logits: torch.Tensor, step_index: int, num_steps: int) -> None:
     """Stops a call whose diffusion model returned NaN or +inf logits (one host sync per step)."""
     if not bool(logits.amax(-1).isfinite().all()):
@@ -155,7 +171,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "model"
-    _callback_tensor_inputs = ["logits", "response_tokens", "sequences", "attention_mask"]
+    _callback_tensor_inputs = ["logits", "response_tokens", "sequences", "attention_mask", "block_bounds"]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -195,7 +211,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
 
     @property
     def sampling_state(self) -> dict[str, Any]:
-        """The current call's mask and end-of-sequence ids and sampling settings, for callbacks."""
+        """The running call's settings (mask and end-of-sequence ids, temperature, top-p/k, generator, guidance scope;
+        `{}` outside a call): set once per call. Per-step state, such as each row's current block, reaches callbacks
+        in their keyword arguments (`block_bounds`)."""
         return dict(self._sampling)
 
     def resolve_mask_token_id(self, mask_token_id: int | None = None) -> int | None:
@@ -211,34 +229,39 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
 
     def check_inputs(
         self,
-        prompt,
-        messages,
-        input_ids,
-        gen_length,
-        num_inference_steps,
-        num_samples_per_prompt,
-        guidance,
-        guidance_steps,
-        guidance_lr,
-        temperature,
-        top_p,
-        top_k,
-        mask_token_id,
-        reward_model,
-        reward_prompt,
-        callback_on_step_end,
-        callback_on_step_end_tensor_inputs,
-        generator=None,
-        block_length=None,
-        threshold=None,
-        minimal_topk=None,
-        guidance_scope=None,
-        resample="none",
-        resample_every=4,
-        resample_ess=0.5,
-        resample_temperature=0.1,
-        potential="hard",
+        *,
+        prompt: str | list[str] | None,
+        messages: list | None,
+        input_ids: torch.Tensor | None,
+        reward_model: Any,
+        reward_tokenizer: Any,
+        reward_prompt: str | list[str] | None,
+        reward_template: Any,
+        guidance: str | None,
+        guidance_steps: int,
+        guidance_lr: float,
+        guidance_scope: str | None,
+        num_inference_steps: int,
+        gen_length: int,
+        num_samples_per_prompt: int,
+        temperature: float,
+        top_p: float | None,
+        top_k: int | None,
+        block_length: int | None,
+        threshold: float | None,
+        minimal_topk: int | None,
+        mask_token_id: int | None,
+        resample: str,
+        resample_every: int,
+        resample_ess: float,
+        resample_temperature: float,
+        potential: str,
+        generator: torch.Generator | None,
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: list[str] | None,
     ) -> None:
+        """Refuses every bad argument of a call before the prompt is encoded or any model runs: a `TypeError` for a
+        wrong type, a `ValueError` for a wrong value, each naming the argument and what is allowed."""
         given = [
             name
             for name, value in (("prompt", prompt), ("messages", messages), ("input_ids", input_ids))
@@ -246,18 +269,107 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         ]
         if len(given) != 1:
             raise ValueError(f"Pass exactly one of `prompt`, `messages` or `input_ids`; got {given or 'none'}.")
+        num_prompts = self._check_prompt_inputs(prompt, messages, input_ids)
+        for name, value in (
+            ("gen_length", gen_length),
+            ("num_inference_steps", num_inference_steps),
+            ("num_samples_per_prompt", num_samples_per_prompt),
+        ):
+            check_integer(name, value, minimum=1)
+        check_choice("guidance", guidance, GUIDANCE_METHODS, none_ok=True)
+        check_integer("guidance_steps", guidance_steps, minimum=0)
+        check_number("guidance_lr", guidance_lr, low=0.0, low_open=True)
+        check_choice("guidance_scope", guidance_scope, GUIDANCE_SCOPES, none_ok=True)
+        check_number("temperature", temperature, low=0.0)
+        check_number("top_p", top_p, low=0.0, high=1.0, low_open=True, none_ok=True)
+        check_integer("top_k", top_k, minimum=1, none_ok=True)
+        check_integer("mask_token_id", mask_token_id, minimum=0, none_ok=True)
+        config = self.scheduler.config
+        check_decoding_arguments(
+            block_length=config.block_length if block_length is None else block_length,
+            gen_length=gen_length,
+            num_inference_steps=num_inference_steps,
+            threshold=config.threshold if threshold is None else threshold,
+            minimal_topk=config.minimal_topk if minimal_topk is None else minimal_topk,
+            confidence=config.confidence,
+        )
+        mask_id = self.resolve_mask_token_id(mask_token_id)
+        if mask_id is None:
+            raise ValueError(
+                "No mask token is known: the tokenizer has no `mask_token`; pass `mask_token_id=` to the pipeline "
+                "or to this call."
+            )
+        if not 0 <= mask_id < self.vocab_size:
+            raise ValueError(f"`mask_token_id` must be a token id in [0, {self.vocab_size}), got {mask_id}.")
+        reward_prompts = check_text_list("reward_prompt", reward_prompt, none_ok=True, blank_ok=True)
+        if isinstance(reward_prompt, list) and len(reward_prompts) != num_prompts:
+            raise ValueError(
+                f"`reward_prompt` has {len(reward_prompts)} entries for {num_prompts} prompts: give one each."
+            )
+        check_instance(
+            "generator",
+            generator,
+            torch.Generator,
+            "a `torch.Generator` (e.g. `torch.Generator().manual_seed(0)`)",
+            none_ok=True,
+        )
+        if callback_on_step_end is not None and not (
+            callable(callback_on_step_end) or isinstance(callback_on_step_end, MultiPipelineCallbacks)
+        ):
+            raise ArgumentTypeError(
+                "`callback_on_step_end` must be a function, a PipelineCallback or MultiPipelineCallbacks, got "
+                f"{type(callback_on_step_end).__name__}."
+            )
+        if callback_on_step_end_tensor_inputs is not None and not all(
+            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
+        ):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, got "
+                f"{callback_on_step_end_tensor_inputs}."
+            )
+        guidances = _find_callbacks(callback_on_step_end, RewardGuidance)
+        if reward_model is None:
+            if guidance not in (None, "none"):
+                raise ValueError(
+                    f"`guidance={guidance!r}` needs a `reward_model` (or pass a `RewardGuidance` callback)."
+                )
+            if not guidances and (reward_prompt is not None or reward_tokenizer is not None):
+                raise ValueError(
+                    "`reward_prompt` and `reward_tokenizer` only apply with a reward: pass `reward_model=` (or a "
+                    "`RewardGuidance` callback), or drop them."
+                )
+            if reward_template is not None:
+                raise ValueError(
+                    "`reward_template` applies with `reward_model=`; a `RewardGuidance` callback takes its own "
+                    "`reward_template=`."
+                )
+        check_resampling_arguments(
+            resample, resample_every, resample_ess, resample_temperature, potential, num_samples_per_prompt
+        )
+        if resample == "smc":
+            if reward_model is None and not guidances:
+                raise ValueError(
+                    "`resample='smc'` weighs the samples by a reward: pass `reward_model=` (with `guidance='none'` "
+                    "for resampling without gradients) or a `RewardGuidance` callback."
+                )
+            method, steps = guidance or "entrgi", guidance_steps
+            if reward_model is None:
+                method, steps = guidances[0].config.guidance, guidances[0].config.guidance_steps
+            if potential == "guidance" and (method == "none" or steps == 0):
+                raise ValueError(
+                    "`potential='guidance'` reads the reward of the last Adam step, and this call takes none "
+                    f"(guidance={method!r}, guidance_steps={steps}): pass `potential='hard'`, or guide."
+                )
+
+    def _check_prompt_inputs(self, prompt, messages, input_ids) -> int:
+        """Checks the one prompt input given; returns the number of prompts."""
         if prompt is not None:
-            if not isinstance(prompt, (str, list)) or (
-                isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)
-            ):
-                raise TypeError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
-            prompts = [prompt] if isinstance(prompt, str) else prompt
-            if not prompts or any(not p.strip() for p in prompts):
-                raise ValueError("`prompt` must be a non-empty string or a non-empty list of non-empty strings.")
-        if messages is not None and (not isinstance(messages, list) or not messages):
-            raise ValueError("`messages` must be a non-empty list of conversations (lists of role/content dicts).")
+            return len(check_text_list("prompt", prompt))
         if messages is not None:
-            for conversation in [messages] if isinstance(messages[0], dict) else messages:
+            if not isinstance(messages, list) or not messages:
+                raise ValueError("`messages` must be a non-empty list of conversations (lists of role/content dicts).")
+            conversations = [messages] if isinstance(messages[0], dict) else messages
+            for conversation in conversations:
                 if not isinstance(conversation, list) or not all(
                     isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                     for m in conversation
@@ -268,99 +380,37 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                     )
                 if not any(m["role"] == "user" for m in conversation):
                     raise ValueError("Every conversation in `messages` needs a message with role 'user' to answer.")
-        if input_ids is not None and (
-            not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0
-        ):
-            raise ValueError("`input_ids` must be a non-empty 2D LongTensor `(batch, prompt_length)`.")
-        if input_ids is not None and (
-            input_ids.dtype.is_floating_point
-            or input_ids.dtype in (torch.bool, torch.complex64, torch.complex128)
-            or not 0 <= int(input_ids.min()) <= int(input_ids.max()) < self.vocab_size
-        ):
+            return len(conversations)
+        check_instance("input_ids", input_ids, torch.Tensor, "a 2D LongTensor `(batch, prompt_length)`")
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+            raise ArgumentTypeError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}.")
+        if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(
-                f"`input_ids` must hold integer token ids in [0, {self.vocab_size}) (the model's vocabulary), got "
-                f"dtype {input_ids.dtype} with values in [{input_ids.min().item()}, {input_ids.max().item()}]."
+                "`input_ids` must be a non-empty 2D LongTensor `(batch, prompt_length)`, got shape "
+                f"{tuple(input_ids.shape)}."
             )
-        for name, value in (
-            ("gen_length", gen_length),
-            ("num_inference_steps", num_inference_steps),
-            ("num_samples_per_prompt", num_samples_per_prompt),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if guidance is not None and guidance not in GUIDANCE_METHODS:
-            raise ValueError(f"`guidance` must be one of {GUIDANCE_METHODS}, got {guidance!r}.")
-        if guidance not in (None, "none") and reward_model is None:
-            raise ValueError(f"`guidance={guidance!r}` needs a `reward_model` (or pass a `RewardGuidance` callback).")
-        if not isinstance(guidance_steps, int) or guidance_steps < 0:
-            raise ValueError(f"`guidance_steps` must be an integer >= 0, got {guidance_steps!r}.")
-        if not isinstance(guidance_lr, (int, float)) or not 0 < guidance_lr < math.inf:
-            raise ValueError(f"`guidance_lr` must be a finite number > 0, got {guidance_lr!r}.")
-        if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 <= temperature < math.inf):
+        low, high = int(input_ids.min()), int(input_ids.max())  # the user's tensor, before any model work
+        if not 0 <= low <= high < self.vocab_size:
             raise ValueError(
-                f"`temperature` must be a finite number >= 0 (lower is greedier, 0 is greedy), got {temperature!r}."
+                f"`input_ids` must hold token ids in [0, {self.vocab_size}) (the model's vocabulary), got values in "
+                f"[{low}, {high}]."
             )
-        config = self.scheduler.config
-        check_decoding_arguments(
-            block_length=config.block_length if block_length is None else block_length,
-            gen_length=gen_length if isinstance(gen_length, int) else None,
-            num_inference_steps=num_inference_steps if isinstance(num_inference_steps, int) else None,
-            threshold=config.threshold if threshold is None else threshold,
-            minimal_topk=config.minimal_topk if minimal_topk is None else minimal_topk,
-            confidence=config.confidence,
-        )
-        if guidance_scope is not None and guidance_scope not in GUIDANCE_SCOPES:
-            raise ValueError(f"`guidance_scope` must be one of {GUIDANCE_SCOPES} or None, got {guidance_scope!r}.")
-        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-            raise ValueError(f"`top_p` must be in (0, 1] or None, got {top_p!r}.")
-        if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
-            raise ValueError(f"`top_k` must be a positive integer or None, got {top_k!r}.")
-        if self.resolve_mask_token_id(mask_token_id) is None:
-            raise ValueError(
-                "No mask token is known: the tokenizer has no `mask_token`; pass `mask_token_id=` to the pipeline "
-                "or to this call."
-            )
-        if reward_prompt is not None and not isinstance(reward_prompt, (str, list)):
-            raise TypeError(f"`reward_prompt` must be a string or a list of strings, got {type(reward_prompt)}.")
-        if isinstance(reward_prompt, list) and not (reward_prompt and all(isinstance(p, str) for p in reward_prompt)):
-            raise TypeError("`reward_prompt` must be a string or a non-empty list of strings (one per prompt).")
-        mask_id = self.resolve_mask_token_id(mask_token_id)
-        if not 0 <= mask_id < self.vocab_size:
-            raise ValueError(f"`mask_token_id` must be a token id in [0, {self.vocab_size}), got {mask_id}.")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"`generator` must be a `torch.Generator` (e.g. `torch.Generator().manual_seed(0)`) or None, got "
-                f"{type(generator).__name__}."
-            )
-        if callback_on_step_end is not None and not (
-            callable(callback_on_step_end) or isinstance(callback_on_step_end, MultiPipelineCallbacks)
-        ):
-            raise TypeError("`callback_on_step_end` must be a function, a PipelineCallback or MultiPipelineCallbacks.")
-        if callback_on_step_end_tensor_inputs is not None and not all(
-            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
-        ):
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, got "
-                f"{callback_on_step_end_tensor_inputs}."
-            )
-        check_resampling_arguments(
-            resample, resample_every, resample_ess, resample_temperature, potential, num_samples_per_prompt
-        )
-        if resample == "smc":
-            callbacks = _find_callbacks(callback_on_step_end, RewardGuidance)
-            if reward_model is None and not callbacks:
-                raise ValueError(
-                    "`resample='smc'` weighs the samples by a reward: pass `reward_model=` (with `guidance='none'` "
-                    "for resampling without gradients) or a `RewardGuidance` callback."
-                )
-            method, steps = guidance or "entrgi", guidance_steps
-            if reward_model is None:
-                method, steps = callbacks[0].config.guidance, callbacks[0].config.guidance_steps
-            if potential == "guidance" and (method == "none" or steps == 0):
-                raise ValueError(
-                    "`potential='guidance'` reads the reward of the last Adam step, and this call takes none "
-                    f"(guidance={method!r}, guidance_steps={steps}): pass `potential='hard'`, or guide."
-                )
+        return input_ids.shape[0]
+
+    def _reward_guidance(self, reward_model, reward_tokenizer, reward_template, **settings) -> RewardGuidance:
+        """The [`RewardGuidance`] of a call with `reward_model=`: the previous call's when it had the same reward
+        models, tokenizers and template (so that their vocabulary maps are not built again), with this call's
+        settings. The pipeline keeps it, and with it the reward model, until a call with another reward."""
+        models = tuple(reward_model) if isinstance(reward_model, (list, tuple)) else (reward_model,)
+        tokenizers = tuple(reward_tokenizer) if isinstance(reward_tokenizer, (list, tuple)) else (reward_tokenizer,)
+        key = (models, tokenizers, reward_template)
+        cached = getattr(self, "_last_reward_guidance", None)
+        if cached is not None and _same_objects(cached[0], key):
+            cached[1].register_to_config(**settings)  # checked by `check_inputs` with the same rules
+            return cached[1]
+        guidance = RewardGuidance(reward_model, reward_tokenizer, reward_template=reward_template, **settings)
+        self._last_reward_guidance = (key, guidance)
+        return guidance
 
     def encode_prompt(self, prompt=None, messages=None, input_ids=None) -> tuple[list[list[int]], list[str]]:
         """Prompt token ids (chat template when the tokenizer has one) and the prompts as text."""
@@ -419,77 +469,77 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
     def __call__(
         self,
         prompt: str | list[str] | None = None,
+        *,
+        messages: list | None = None,
+        input_ids: torch.LongTensor | None = None,
         reward_model: Any = None,
         reward_tokenizer: Any = None,
+        reward_prompt: str | list[str] | None = None,
+        reward_template: Any = None,
         guidance: str | None = None,
+        guidance_steps: int = 3,
+        guidance_lr: float = 0.5,
+        guidance_scope: str | None = None,
         num_inference_steps: int = 128,
         gen_length: int = 128,
         num_samples_per_prompt: int = 4,
-        guidance_steps: int = 3,
-        guidance_lr: float = 0.5,
         temperature: float = 0.7,
         top_p: float | None = 0.95,
         top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        messages: list | None = None,
-        input_ids: torch.LongTensor | None = None,
-        reward_prompt: str | list[str] | None = None,
-        reward_template: Any = None,
-        mask_token_id: int | None = None,
-        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] | None = None,
-        return_dict: bool = True,
-        output_trajectory: bool = False,
         block_length: int | None = None,
         threshold: float | None = None,
         minimal_topk: int | None = None,
-        guidance_scope: str | None = None,
+        mask_token_id: int | None = None,
         resample: str = "none",
         resample_every: int = 4,
         resample_ess: float = 0.5,
         resample_temperature: float = 0.1,
         potential: str = "hard",
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+        output_trajectory: bool = False,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> EntRGiPipelineOutput | tuple:
         r"""
         Generates `num_samples_per_prompt` responses per prompt, guided toward higher reward when a reward model is
         given.
 
         Args:
-            prompt (`str` or `list[str]`): the prompt(s). Alternatively `messages` or `input_ids`.
-            reward_model (*optional*): an HF `*ForSequenceClassification` with one label, a differentiable reward
-                (`(inputs_embeds, attention_mask) -> (N,)` with `get_input_embeddings()`), or a list of them. With it,
-                the output's `rewards` score every sample and `texts` keeps the best sample of each prompt.
-            reward_tokenizer (*optional*): the reward model's tokenizer; defaults to `self.tokenizer`.
-            guidance (`str`, *optional*): `"entrgi"` (default with a reward model), `"aps"`, `"expectation"` or
-                `"none"` (unguided samples, best by reward: Best-of-N).
-            num_inference_steps (`int`, defaults to 128): denoising steps `T`.
-            gen_length (`int`, defaults to 128): response length `L` in tokens.
-            num_samples_per_prompt (`int`, defaults to 4): samples `K` per prompt.
-            guidance_steps (`int`, defaults to 3): Adam steps `M` on the logits per denoising step.
-            guidance_lr (`float`, defaults to 0.5): Adam learning rate `eta`.
-            temperature (`float`, defaults to 0.7): sampling temperature `tau` (>= 0); 0 decodes greedily (the
-                argmax; guidance then relaxes `softmax(phi)` and feeds the argmax as the hard token).
-            top_p (`float`, *optional*, defaults to 0.95): nucleus sampling mass.
-            top_k (`int`, *optional*): sample among the `top_k` most likely tokens.
-            generator (`torch.Generator`, *optional*): makes generation reproducible.
+            prompt (`str` or `list[str]`): the prompt(s). Alternatively `messages` or `input_ids`. Every other
+                argument is keyword-only.
             messages (`list`, *optional*): a conversation (list of role/content dicts) or a list of them.
             input_ids (`torch.LongTensor`, *optional*): prompt token ids `(B, P)` (no padding).
+            reward_model (*optional*): an HF `*ForSequenceClassification` with one label, a differentiable reward
+                (`(inputs_embeds, attention_mask) -> (N,)` with `get_input_embeddings()`), or a list of them. With it,
+                the output's `rewards` score every sample and `texts` keeps the best sample of each prompt. The
+                pipeline keeps the [`RewardGuidance`] it builds and reuses it (and its vocabulary maps) in the next
+                call with the same reward models, tokenizers and template.
+            reward_tokenizer (*optional*): the reward model's tokenizer; defaults to `self.tokenizer`.
             reward_prompt (`str` or `list[str]`, *optional*): the text in the reward model's prompt slot, one per
                 prompt (e.g. a target description); defaults to the prompts.
             reward_template ([`RewardTemplate`], *optional*): where the prompt (`{prompt}`), the reward prompt
                 (`{target}`) and the response (`{response}`) go in the reward model's input, e.g. a judge that reads
                 the response inside the user turn; defaults to the reward model's own `reward_template`, else
                 `[user: {target}, assistant: {response}]`. See [`RewardGuidance`].
-            mask_token_id (`int`, *optional*): overrides the mask id.
-            callback_on_step_end (*optional*): a function `(pipe, step, timestep, callback_kwargs) -> dict`, a
-                `PipelineCallback` (such as [`RewardGuidance`]) or `MultiPipelineCallbacks`, called after the model's
-                forward pass and before the scheduler step; returned tensors replace the pipeline's.
-            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors a function callback receives,
-                among `logits` `(N, L, V)`, `response_tokens` `(N, L)`, `sequences` `(N, P + L)` and
-                `attention_mask`.
-            return_dict (`bool`, defaults to `True`): return an [`EntRGiPipelineOutput`] or a tuple.
-            output_trajectory (`bool`, defaults to `False`): also return the response tokens after every step
-                (`trajectory`, `(nfe, B, K, L)`, masks included), e.g. to animate the denoising. Off, nothing is kept.
+            guidance (`str`, *optional*): `"entrgi"` (default with a reward model), `"aps"`, `"expectation"` or
+                `"none"` (unguided samples, best by reward: Best-of-N).
+            guidance_steps (`int`, defaults to 3): Adam steps `M` on the logits per denoising step.
+            guidance_lr (`float`, defaults to 0.5): Adam learning rate `eta`.
+            guidance_scope (`str`, *optional*): with blocks, what the reward model sees: `"response"` (the default,
+                chosen by measurement: docs/decoding.md) every masked position as the method's soft/hard mix, all of
+                them guided; `"block"` the response up to the current block's end, only the current block's masked
+                positions guided (cheaper). The same with one block.
+            num_inference_steps (`int`, defaults to 128): denoising steps `T` of the whole response, over all its
+                blocks (with blocks, each block gets `T / num_blocks`). diffusers' `LLaDA2Pipeline` counts its
+                `num_inference_steps` per block instead: its `num_inference_steps=S` with `block_length=b` and
+                `gen_length=L` is `num_inference_steps=S * L // b` here.
+            gen_length (`int`, defaults to 128): response length `L` in tokens.
+            num_samples_per_prompt (`int`, defaults to 4): samples `K` per prompt.
+            temperature (`float`, defaults to 0.7): sampling temperature `tau` (>= 0); 0 decodes greedily (the
+                argmax; guidance then relaxes `softmax(phi)` and feeds the argmax as the hard token).
+            top_p (`float`, *optional*, defaults to 0.95): nucleus sampling mass.
+            top_k (`int`, *optional*): sample among the `top_k` most likely tokens.
             block_length (`int`, *optional*): decode the response in blocks of this many tokens, left to right
                 (LLaDA's semi-autoregressive sampling); overrides the scheduler's `block_length` for this call. It
                 must divide `gen_length`, and the number of blocks must divide `num_inference_steps`. With blocks the
@@ -500,10 +550,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 `num_inference_steps` stays the budget; `nfe` in the output counts the model calls made.
             minimal_topk (`int`, *optional*): with `threshold`, the fewest positions a step commits (the
                 scheduler's `minimal_topk`, 1, by default).
-            guidance_scope (`str`, *optional*): with blocks, what the reward model sees: `"response"` (the default,
-                chosen by measurement: docs/decoding.md) every masked position as the method's soft/hard mix, all of
-                them guided; `"block"` the response up to the current block's end, only the current block's masked
-                positions guided (cheaper). The same with one block.
+            mask_token_id (`int`, *optional*): overrides the mask id.
             resample (`str`, defaults to `"none"`): `"smc"` treats each prompt's K samples as particles of sequential
                 Monte Carlo: every `resample_every` denoising steps, sample `k` weighs
                 `w_k = exp((r_k(now) - r_k(before)) / resample_temperature)` (`r`: the `potential`, `before`: the
@@ -526,6 +573,16 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 block's end), one more reward forward per check, no backward; `"guidance"`: the reward that the
                 last Adam step of the step computed on the method's input (free; needs gradient guidance; steps
                 without guidance are not checked).
+            generator (`torch.Generator`, *optional*): makes generation reproducible.
+            return_dict (`bool`, defaults to `True`): return an [`EntRGiPipelineOutput`] or a tuple.
+            output_trajectory (`bool`, defaults to `False`): also return the response tokens after every step
+                (`trajectory`, `(nfe, B, K, L)`, masks included), e.g. to animate the denoising. Off, nothing is kept.
+            callback_on_step_end (*optional*): a function `(pipe, step, timestep, callback_kwargs) -> dict`, a
+                `PipelineCallback` (such as [`RewardGuidance`]) or `MultiPipelineCallbacks`, called after the model's
+                forward pass and before the scheduler step; returned tensors replace the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors a function callback receives,
+                among `logits` `(N, L, V)`, `response_tokens` `(N, L)`, `sequences` `(N, P + L)`, `attention_mask`
+                and `block_bounds` `(N, 2)` (each row's current block, response positions `[start, end)`).
 
         Examples:
 
@@ -536,34 +593,46 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         """
         # 1. Check inputs
         self.check_inputs(
-            prompt,
-            messages,
-            input_ids,
-            gen_length,
-            num_inference_steps,
-            num_samples_per_prompt,
-            guidance,
-            guidance_steps,
-            guidance_lr,
-            temperature,
-            top_p,
-            top_k,
-            mask_token_id,
-            reward_model,
-            reward_prompt,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            generator=generator,
+            prompt=prompt,
+            messages=messages,
+            input_ids=input_ids,
+            reward_model=reward_model,
+            reward_tokenizer=reward_tokenizer,
+            reward_prompt=reward_prompt,
+            reward_template=reward_template,
+            guidance=guidance,
+            guidance_steps=guidance_steps,
+            guidance_lr=guidance_lr,
+            guidance_scope=guidance_scope,
+            num_inference_steps=num_inference_steps,
+            gen_length=gen_length,
+            num_samples_per_prompt=num_samples_per_prompt,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
             block_length=block_length,
             threshold=threshold,
             minimal_topk=minimal_topk,
-            guidance_scope=guidance_scope,
+            mask_token_id=mask_token_id,
             resample=resample,
             resample_every=resample_every,
             resample_ess=resample_ess,
             resample_temperature=resample_temperature,
             potential=potential,
+            generator=generator,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
+        scorer = None
+        if reward_model is not None:  # built here, so that a reward model guidance cannot feed is refused up front
+            scorer = self._reward_guidance(
+                reward_model,
+                reward_tokenizer,
+                reward_template,
+                guidance=guidance or "entrgi",
+                guidance_steps=guidance_steps,
+                guidance_lr=float(guidance_lr),
+            )
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["logits", "response_tokens"]
@@ -575,9 +644,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         prompt_ids, prompt_texts = self.encode_prompt(prompt, messages, input_ids)
         reward_prompts = [reward_prompt] * len(prompt_ids) if isinstance(reward_prompt, str) else reward_prompt
         reward_prompts = reward_prompts or prompt_texts
-        if len(reward_prompts) != len(prompt_ids):
-            raise ValueError(f"`reward_prompt` has {len(reward_prompts)} entries for {len(prompt_ids)} prompts.")
-
+        # The one check that needs the encoded lengths: still before any model work.
         max_positions = getattr(self.model.config, "max_position_embeddings", None)
         longest = max(len(ids) for ids in prompt_ids) + L
         if max_positions is not None and longest > max_positions:
@@ -598,34 +665,17 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             "top_k": top_k,
             "generator": generator,
             "guidance_scope": guidance_scope or "response",
-            "block": (0, L),  # the response positions the current step decodes
         }
-        scorer = None
-        if reward_model is not None:
-            scorer = RewardGuidance(
-                reward_model,
-                reward_tokenizer,
-                guidance=guidance or "entrgi",
-                guidance_steps=guidance_steps,
-                guidance_lr=float(guidance_lr),
-                reward_template=reward_template,
-            )
+        if scorer is not None:
             callback_on_step_end = _guidance_first(scorer, callback_on_step_end, callback_on_step_end_tensor_inputs)
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         guidances = _find_callbacks(callback_on_step_end, RewardGuidance)
-        if not guidances and (reward_prompt is not None or reward_tokenizer is not None):
-            raise ValueError(
-                "`reward_prompt` and `reward_tokenizer` only apply with a reward: pass `reward_model=` (or a "
-                "`RewardGuidance` callback), or drop them."
-            )
-        if reward_template is not None and reward_model is None:
-            raise ValueError(
-                "`reward_template` applies with `reward_model=`; a `RewardGuidance` callback takes its own "
-                "`reward_template=`."
-            )
         for callback in guidances:
             callback.prepare(
-                self, [p for p in reward_prompts for _ in range(K)], prompts=[p for p in prompt_texts for _ in range(K)]
+                self,
+                [p for p in reward_prompts for _ in range(K)],
+                prompts=[p for p in prompt_texts for _ in range(K)],
+                settings=self._sampling,
             )
         scorer = scorer or (guidances[0] if guidances else None)
         self.scheduler.set_timesteps(num_inference_steps, device=device, gen_length=L, block_length=block_length)
@@ -651,7 +701,10 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             while i < len(timesteps):
                 t = timesteps[i]
-                self._sampling["block"] = self.scheduler.block_bounds(i)
+                # every row's current block, `(N, 2)` response positions [start, end), for the callbacks
+                block_start, block_end = self.scheduler.block_bounds(i)
+                block_bounds = torch.full((sequences.shape[0], 2), block_start, device=device)
+                block_bounds[:, 1] = block_end  # filled on the device: no host-to-device copy
                 logits = self.model(sequences, **model_inputs).logits
                 nfe += 1
                 logits = logits[:, start - 1 : start - 1 + L] if self.logits_shift else logits[:, start:]
@@ -665,6 +718,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                         "response_tokens": response_tokens,
                         "sequences": sequences,
                         "attention_mask": attention_mask,
+                        "block_bounds": block_bounds,
                     }
                     callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
@@ -697,7 +751,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 # SMC: the last step is left to the end of the call, which weighs the finished samples
                 if resampler is not None and not last and nfe % resample_every == 0:
                     if potential == "hard":  # the denoised estimate, read up to the end of the block just decoded
-                        value = scorer.reward_of_tokens(step_output.sampled_tokens, end=self._sampling["block"][1])
+                        value = scorer.reward_of_tokens(step_output.sampled_tokens, end=block_bounds[:, 1])
                     else:
                         value = scorer.guidance_reward
                     index = resampler.check(value, nfe) if value is not None else None
