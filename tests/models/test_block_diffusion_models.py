@@ -25,6 +25,7 @@ from entrgi_pipelines.models import (
     Fast_dLLM_QwenForCausalLM,
     SDARConfig,
     SDARForCausalLM,
+    use_repository_code,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,6 +316,14 @@ def test_import_registers_the_classes_in_a_fresh_process(tmp_path):
     assert result.stdout.split() == ["SDARForCausalLM"] * 2 + ["Fast_dLLM_QwenForCausalLM"] * 2
 
 
+def test_use_repository_code_lifts_the_registration_for_the_block_models(checkpoint, family):
+    folder = checkpoint[0]
+    with use_repository_code():
+        with pytest.raises(ValueError):  # no class for the model type, and no repository code in the folder
+            AutoConfig.from_pretrained(folder)
+    assert type(AutoConfig.from_pretrained(folder)) is FAMILIES[family][1].config_class  # registered again
+
+
 def test_save_pretrained_writes_the_published_names_back(checkpoint, family, tmp_path):
     folder, config, tensors = checkpoint
     model = load(folder)
@@ -382,6 +391,12 @@ def test_eager_attention_on_request_gives_the_sdpa_logits(checkpoint):
     with torch.no_grad():
         a, b = sdpa(ids, attention_mask=mask).logits, eager(ids, attention_mask=mask).logits
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)  # float32 summation order; logits of a few units
+
+
+@pytest.mark.parametrize("implementation", ["flex_attention", "flash_attention_2"])
+def test_kernels_that_need_a_block_mask_object_or_flash_attn_are_refused_on_request(checkpoint, implementation):
+    with pytest.raises((ValueError, ImportError)):
+        load(checkpoint[0], attn_implementation=implementation)
 
 
 def test_inputs_embeds_are_differentiable_through_the_cache(checkpoint):
@@ -512,6 +527,18 @@ def test_padded_inputs_are_neither_seen_nor_written(checkpoint):
         got = model(ids[:, 4:8], position_ids=torch.arange(4, 8).expand(2, -1), past_key_values=cache).logits
     torch.testing.assert_close(got[1:], expected, atol=1e-5, rtol=0)
     assert (row1 - expected).abs().max() > 1e-3  # the cached prefix matters: the comparison can fail
+
+    # a row with no valid input at all (a finished row kept in the batch): finite logits, nothing written
+    with torch.no_grad():
+        logits = model(
+            ids[:, 4:8],
+            attention_mask=torch.tensor([[1] * 4, [0] * 4]),
+            position_ids=torch.arange(8, 12).expand(2, -1),
+            past_key_values=cache,
+            store_kv=True,
+        ).logits
+    assert torch.isfinite(logits).all()
+    assert cache.lengths.tolist() == [12, 4] and cache.written[1].tolist() == [True] * 4 + [False] * 9
 
 
 def test_dynamic_cache_as_the_sdar_reference_uses_it(checkpoint):

@@ -110,11 +110,14 @@ class BlockKVCache(Cache):
     def select_rows(self, index: torch.LongTensor) -> BlockKVCache:
         """Keeps only the rows `index` (in that order), e.g. to drop finished rows; one copy of the storage.
 
+        `index` is a LongTensor of row numbers (a boolean row mask is accepted too, at the cost of one host sync).
         Returns the cache itself, so that `cache = cache.select_rows(keep)` and `cache.select_rows(keep)` both work.
         """
         if self._lengths is None:
             return self
-        index = index.to(self._lengths.device)
+        index = torch.as_tensor(index, device=self._lengths.device)
+        if index.dtype == torch.bool:
+            index = index.nonzero().squeeze(1)
         self.key_cache = [k.index_select(0, index) for k in self.key_cache]
         self.value_cache = [v.index_select(0, index) for v in self.value_cache]
         self.written = self.written.index_select(0, index)

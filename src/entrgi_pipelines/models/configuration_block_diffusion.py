@@ -11,12 +11,24 @@ from __future__ import annotations
 from transformers import Qwen2Config, Qwen3Config
 
 
-def _drop_flex_attention(kwargs: dict) -> None:
-    # The published configs carry `"attn_implementation": "flex_attention"` (their training kernel). transformers 5
-    # honours the field, and flex attention aborts on CPU; the native classes run SDPA unless the caller asks for
-    # another implementation (`from_pretrained(..., attn_implementation="eager")`).
-    if kwargs.get("attn_implementation") == "flex_attention":
-        kwargs.pop("attn_implementation")
+class _PublishedFileMixin:
+    """What the native configs change in a published `config.json` when they read it, and drop when they write."""
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        # The published configs carry `"attn_implementation": "flex_attention"` (their training kernel), which
+        # transformers 5 honours and which aborts on CPU: the file's value is dropped, so the model runs SDPA. A
+        # caller's `from_pretrained(..., attn_implementation=...)` arrives in `kwargs` and is still applied.
+        if config_dict.get("attn_implementation") == "flex_attention":
+            config_dict = {k: v for k, v in config_dict.items() if k != "attn_implementation"}
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # A checkpoint saved by the native class holds no repository code: an `auto_map` read from the published
+        # config.json would point at modeling files the saved folder lacks.
+        output.pop("auto_map", None)
+        return output
 
 
 def _refuse_sliding_window(config) -> None:
@@ -27,7 +39,7 @@ def _refuse_sliding_window(config) -> None:
         )
 
 
-class SDARConfig(Qwen3Config):
+class SDARConfig(_PublishedFileMixin, Qwen3Config):
     r"""
     Configuration of [`SDARForCausalLM`]: SDAR (JetLM/SDAR-*) and TraDo (Gen-Verse/TraDo-*), Qwen3 transformers
     trained as block-diffusion models (full attention inside a block of `block_size` tokens, causal across blocks).
@@ -43,16 +55,19 @@ class SDARConfig(Qwen3Config):
             the block size is part of the attention pattern and no default would be right for every checkpoint.
         mask_token_id (`int`, *optional*): the mask token (`<|MASK|>`, 151669 in the published tokenizer); None when
             the config does not name it (then take it from the tokenizer).
-        kwargs: the fields of `Qwen3Config`. `attn_implementation="flex_attention"` (as published) is replaced by the
-            default (SDPA); `use_sliding_window=True` is refused.
+        kwargs: the fields of `Qwen3Config`; `use_sliding_window=True` is refused. A `config.json`'s
+            `"attn_implementation": "flex_attention"` (as published) is dropped when the file is read, so the model
+            runs SDPA; a caller's `from_pretrained(..., attn_implementation=...)` is honoured.
 
     Examples:
         ```py
         >>> from entrgi_pipelines.models import SDARConfig
 
-        >>> config = SDARConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        ...                     num_attention_heads=4, num_key_value_heads=2, head_dim=8, block_size=4,
-        ...                     mask_token_id=63, attn_implementation="flex_attention")
+        >>> published = {"model_type": "sdar", "block_size": 4, "mask_token_id": 63,
+        ...              "attn_implementation": "flex_attention", "vocab_size": 64, "hidden_size": 32,
+        ...              "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        ...              "num_key_value_heads": 2, "head_dim": 8}
+        >>> config = SDARConfig.from_dict(published)
         >>> config.model_type, config.block_size, config.logits_shift, config._attn_implementation is None
         ('sdar', 4, False, True)
         ```
@@ -62,7 +77,6 @@ class SDARConfig(Qwen3Config):
     keys_to_ignore_at_inference = ["past_key_values"]
 
     def __init__(self, block_size: int | None = None, mask_token_id: int | None = None, **kwargs):
-        _drop_flex_attention(kwargs)
         kwargs.pop("logits_shift", None)  # fixed by the architecture, not a setting
         super().__init__(**kwargs)
         self.block_size = block_size
@@ -74,15 +88,8 @@ class SDARConfig(Qwen3Config):
         """False: the logits at position `i` score the token at position `i`."""
         return False
 
-    def to_dict(self) -> dict:
-        output = super().to_dict()
-        # A checkpoint saved by the native class holds no repository code: an `auto_map` read from the published
-        # config.json would point at modeling files the saved folder lacks.
-        output.pop("auto_map", None)
-        return output
 
-
-class Fast_dLLM_QwenConfig(Qwen2Config):  # noqa: N801  (the published class name)
+class Fast_dLLM_QwenConfig(_PublishedFileMixin, Qwen2Config):  # noqa: N801  (the published class name)
     r"""
     Configuration of [`Fast_dLLM_QwenForCausalLM`]: Fast-dLLM v2 (Efficient-Large-Model/Fast_dLLM_v2_1.5B, _7B), a
     Qwen2.5 transformer trained as a block-diffusion model, whose logits are shifted as Dream's.
@@ -97,8 +104,8 @@ class Fast_dLLM_QwenConfig(Qwen2Config):  # noqa: N801  (the published class nam
             also splits a block into sub-blocks of 8, a decoding choice, not part of the model).
         mask_token_id (`int`, *optional*): the mask token (`|<MASK>|`, 151665 in the published tokenizer); None when
             the config does not name it (the published config does not: take it from the tokenizer).
-        kwargs: the fields of `Qwen2Config`. `attn_implementation="flex_attention"` is replaced by the default (SDPA);
-            `use_sliding_window=True` is refused.
+        kwargs: the fields of `Qwen2Config`; `use_sliding_window=True` is refused. A `config.json`'s
+            `"attn_implementation": "flex_attention"` is dropped when the file is read (the model runs SDPA).
 
     Examples:
         ```py
@@ -116,7 +123,6 @@ class Fast_dLLM_QwenConfig(Qwen2Config):  # noqa: N801  (the published class nam
     attribute_map = {**Qwen2Config.attribute_map, "block_size": "bd_size"}
 
     def __init__(self, bd_size: int | None = 32, mask_token_id: int | None = None, **kwargs):
-        _drop_flex_attention(kwargs)
         kwargs.pop("logits_shift", None)
         if "block_size" in kwargs:  # the alias, given to the constructor
             bd_size = kwargs.pop("block_size")
@@ -129,8 +135,3 @@ class Fast_dLLM_QwenConfig(Qwen2Config):  # noqa: N801  (the published class nam
     def logits_shift(self) -> bool:
         """True: the logits at position `i - 1` score the token at position `i` (Dream's convention)."""
         return True
-
-    def to_dict(self) -> dict:
-        output = super().to_dict()
-        output.pop("auto_map", None)
-        return output
