@@ -12,16 +12,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from .cache_block import BlockKVCache
+from .configuration_block_diffusion import Fast_dLLM_QwenConfig, SDARConfig
 from .configuration_dream import DreamConfig
 from .configuration_llada import LLaDAConfig
+from .modeling_block_diffusion import Fast_dLLM_QwenForCausalLM, Fast_dLLM_QwenModel, SDARForCausalLM, SDARModel
 from .modeling_dream import DreamModel
 from .modeling_llada import LLaDAModelLM
 
 NATIVE_CLASSES = ((DreamConfig, DreamModel), (LLaDAConfig, LLaDAModelLM))
 _AUTO_MODEL_CLASSES = (AutoModel, AutoModelForMaskedLM)
+# Block-diffusion LMs: AutoModel gives the LM (with its logits) too, as for Dream and LLaDA.
+BLOCK_DIFFUSION_CLASSES = ((SDARConfig, SDARForCausalLM), (Fast_dLLM_QwenConfig, Fast_dLLM_QwenForCausalLM))
+_BLOCK_AUTO_MODEL_CLASSES = (AutoModel, AutoModelForCausalLM)
 
 
 def register() -> None:
@@ -29,6 +35,10 @@ def register() -> None:
     for config_class, model_class in NATIVE_CLASSES:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         for auto_class in _AUTO_MODEL_CLASSES:
+            auto_class.register(config_class, model_class, exist_ok=True)
+    for config_class, model_class in BLOCK_DIFFUSION_CLASSES:
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        for auto_class in _BLOCK_AUTO_MODEL_CLASSES:
             auto_class.register(config_class, model_class, exist_ok=True)
 
 
@@ -52,6 +62,10 @@ def use_repository_code() -> Iterator[None]:
         CONFIG_MAPPING._extra_content.pop(config_class.model_type, None)
         for auto_class in _AUTO_MODEL_CLASSES:
             auto_class._model_mapping._extra_content.pop(config_class, None)
+    for config_class, _ in BLOCK_DIFFUSION_CLASSES:
+        CONFIG_MAPPING._extra_content.pop(config_class.model_type, None)
+        for auto_class in _BLOCK_AUTO_MODEL_CLASSES:
+            auto_class._model_mapping._extra_content.pop(config_class, None)
     try:
         yield
     finally:
@@ -60,4 +74,18 @@ def use_repository_code() -> Iterator[None]:
 
 register()
 
-__all__ = ["DreamConfig", "DreamModel", "LLaDAConfig", "LLaDAModelLM", "register", "use_repository_code"]
+__all__ = [
+    "BlockKVCache",
+    "DreamConfig",
+    "DreamModel",
+    "Fast_dLLM_QwenConfig",
+    "Fast_dLLM_QwenForCausalLM",
+    "Fast_dLLM_QwenModel",
+    "LLaDAConfig",
+    "LLaDAModelLM",
+    "SDARConfig",
+    "SDARForCausalLM",
+    "SDARModel",
+    "register",
+    "use_repository_code",
+]
