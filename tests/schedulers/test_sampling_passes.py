@@ -58,7 +58,7 @@ def test_nucleus_cdf_keeps_exactly_the_nucleus_mass():
 def test_chunked_sort_gives_the_threshold_of_one_sort(monkeypatch):
     probs = logits(5, rows=37).softmax(-1)
     whole = nucleus_threshold(probs, 0.9)
-    monkeypatch.setattr(scheduling_masked_diffusion, "_SORT_CHUNK_ELEMENTS", 4 * probs.shape[-1])  # 10 chunks
+    monkeypatch.setattr(scheduling_masked_diffusion, "_CHUNK_ELEMENTS", 4 * probs.shape[-1])  # 10 chunks
     assert torch.equal(nucleus_threshold(probs, 0.9), whole)
     assert nucleus_threshold(probs[None], 0.9).shape == (1, 37, 1)  # any leading shape
 
@@ -68,3 +68,23 @@ def test_nucleus_survives_nan_rows():
     log_probs[1] = float("nan")
     outside = _nucleus(log_probs, 0.9)
     assert (~outside[0]).any() and (~outside[2]).any()
+
+
+def test_the_cpu_histogram_nucleus_is_the_sorted_nucleus():
+    # CPU finds the boundary by a two-level histogram, accelerators by a sort: the same tokens but for float rounding
+    # of the summed mass at the boundary (at most one token a row, here none in most rows).
+    g = torch.Generator().manual_seed(6)
+    for vocab, scale in ((300, 1.0), (5000, 0.3), (5000, 4.0)):
+        probs = (torch.randn(64, vocab, generator=g) * scale).softmax(-1)
+        for top_p in (0.3, 0.9, 0.95, 0.999):
+            by_sort = probs >= nucleus_threshold(probs, top_p)
+            by_histogram = scheduling_masked_diffusion._histogram_nucleus(probs, top_p)
+            differ = (by_sort != by_histogram).sum(-1)
+            assert (differ <= 1).all() and differ.sum() <= 3, (vocab, scale, top_p)
+
+
+def test_chunked_histogram_gives_the_mask_of_one_pass(monkeypatch):
+    probs = logits(7, rows=37).softmax(-1)
+    whole = scheduling_masked_diffusion._histogram_nucleus(probs, 0.9)
+    monkeypatch.setattr(scheduling_masked_diffusion, "_CHUNK_ELEMENTS", 4 * probs.shape[-1])
+    assert torch.equal(scheduling_masked_diffusion._histogram_nucleus(probs, 0.9), whole)
