@@ -23,7 +23,7 @@ import time
 import torch
 
 from entrgi_pipelines.guidance.entrgi import _guidance_step, entropy_weight
-from entrgi_pipelines.schedulers.scheduling_masked_diffusion import Workspace, _invert_cdf, entropy_, sample_tokens
+from entrgi_pipelines.schedulers.scheduling_masked_diffusion import _invert_cdf, entropy_, sample_tokens
 
 # --- before: the functions as they were (commit c506c78) ------------------------------------------------------------
 
@@ -68,10 +68,10 @@ def step_before(phi: torch.Tensor, grad: torch.Tensor, args, generator) -> None:
     torch.autograd.grad(probs, phi, grad)
 
 
-def step_after(scaled: torch.Tensor, grad: torch.Tensor, args, generator, compile=False, workspace=None) -> None:
-    """The same now: Adam runs on phi / tau; one log-softmax feeds the reward's softmax and the sampler (and, with a
-    workspace, the temporaries of the previous Adam step are reused)."""
-    probs, cdf = _guidance_step(scaled, args.top_p, compile, workspace)
+def step_after(scaled: torch.Tensor, grad: torch.Tensor, args, generator, compile=False) -> None:
+    """The same now: Adam runs on phi / tau; one softmax feeds the reward and the (exact, sorted) top-p sampler.
+    (Issue 25 removed the CPU workspace of issue 9's lever 5: it kept four more (P, V) tensors alive.)"""
+    probs, cdf = _guidance_step(scaled, args.top_p, compile)
     _invert_cdf(cdf, generator)
     torch.autograd.grad(probs, scaled, grad)
 
@@ -113,16 +113,11 @@ def main(argv=None) -> dict:
     masked = torch.rand(N, L, generator=g) < args.rows / (N * L)
     rows, columns = masked.nonzero(as_tuple=True)
     guided = torch.randn(rows.numel(), args.vocab, generator=g)
-    workspace = Workspace()
 
     levers = {
         "guidance step: sampling + tempered softmax forward/backward": (
             lambda: step_before(phi, grad, args, torch.Generator().manual_seed(1)),
             lambda: step_after(scaled, grad, args, torch.Generator().manual_seed(1)),
-        ),
-        "guidance step, Adam steps 2..M (workspace reused)": (
-            lambda: step_before(phi, grad, args, torch.Generator().manual_seed(1)),
-            lambda: step_after(scaled, grad, args, torch.Generator().manual_seed(1), workspace=workspace),
         ),
         "scheduler sampling (sample_tokens)": (
             lambda: sample_tokens_before(logits, args.top_p, torch.Generator().manual_seed(1)),

@@ -124,28 +124,37 @@ def test_bf16_models_on_cpu_generate_with_float32_guidance(tokenizer):
     assert seen and set(seen) == {torch.float32}
 
 
-def test_the_call_workspace_changes_no_result(tokenizer, reward_model, monkeypatch):
-    # On CPU the guided steps of a call reuse their (P, V) tensors (probabilities, sampler temporaries, gradients);
-    # without the workspace every step allocates them anew. Same seed, same samples and rewards.
+def test_guided_rows_written_in_place_give_the_tokens_of_the_copy(tokenizer, reward_model, monkeypatch):
+    # With the pipeline's `masked_positions`, guidance writes its rows into the logits in place and hands the model's
+    # rows to the scheduler's ranking; without them it finds the rows itself and writes into a copy. Same tokens.
     pipe = EntRGiPipeline(
         model=tiny_masked_lm(len(tokenizer)), tokenizer=tokenizer, scheduler=MaskedDiffusionScheduler()
     )
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(gen_length=12, num_inference_steps=4, num_samples_per_prompt=3, top_p=0.9)
+    seen = []
+    original = RewardGuidance.callback_fn
+
+    def spy(self, pipeline, step_index, timestep, callback_kwargs):
+        out = original(self, pipeline, step_index, timestep, callback_kwargs)
+        seen.append("confidence_logits" in out)
+        return out
+
+    monkeypatch.setattr(RewardGuidance, "callback_fn", spy)
 
     def run():
-        guidance = RewardGuidance(reward_model, guidance="entrgi", guidance_steps=3)
-        out = pipe(
+        return pipe(
             ["the cat", "a man walked to the sea"],
-            callback_on_step_end=guidance,
+            callback_on_step_end=RewardGuidance(reward_model, guidance="entrgi", guidance_steps=3),
             generator=torch.Generator().manual_seed(0),
             **kwargs,
         )
-        return out, guidance
 
-    with_workspace, guidance = run()
-    assert guidance._workspace is None  # released at the end of the call
-    monkeypatch.setattr(RewardGuidance, "_step_workspace", lambda self, device: None)
-    without, _ = run()
-    assert torch.equal(with_workspace.sequences, without.sequences)
-    assert torch.allclose(with_workspace.rewards, without.rewards)
+    in_place = run()
+    assert seen and all(seen)
+    seen.clear()
+    monkeypatch.setattr(RewardGuidance, "tensor_inputs", ["logits", "response_tokens"])
+    copied = run()
+    assert seen and not any(seen)
+    assert torch.equal(in_place.sequences, copied.sequences)
+    assert torch.allclose(in_place.rewards, copied.rewards)

@@ -51,10 +51,12 @@ def seeded(seed=0):
 
 
 def test_one_block_gives_the_tokens_recorded_before_blocks_existed(tokenizer, reward_model):
-    """`block_length=None` is the old decoder: the same tokens and rewards for the same seed (recorded with the code
-    before blocks existed, e521901^, 22 settings per model kind). Logits x10: with the raw random model, confidences
-    tie to float rounding and the recorded tokens held on AVX2 CPUs only; x10 gives the same recording on AVX2 and
-    AVX-512 (checked with ATEN_CPU_CAPABILITY)."""
+    """`block_length=None` is the old decoder: the same tokens and rewards for the same seed, 22 settings per model
+    kind. First recorded with the code before blocks existed (e521901^); re-recorded when the exact, sorted top-p
+    nucleus replaced the histogram one (issue 25), which changes which tokens a near-uniform distribution may draw
+    (with the histogram sampler patched back, the new code gave the old recording). Logits x10: with the raw random
+    model, confidences tie to float rounding and a recording held on AVX2 CPUs only; x10 gives the same recording on
+    AVX2 and AVX-512 (checked with ATEN_CPU_CAPABILITY)."""
     for record in json.loads(RECORDED.read_text()):
         pipe = make_pipe(
             tokenizer, record["kind"], sharp=10.0, confidence=record["confidence"], eos_last=record["eos_last"]

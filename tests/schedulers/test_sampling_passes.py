@@ -4,12 +4,13 @@ import math
 
 import torch
 
+from entrgi_pipelines.schedulers import scheduling_masked_diffusion
 from entrgi_pipelines.schedulers.scheduling_masked_diffusion import (
-    Workspace,
     _nucleus,
     entropy_,
     nucleus_cdf,
-    sample_from_log_probs,
+    nucleus_threshold,
+    sample_from_probs,
     sample_tokens,
 )
 
@@ -31,28 +32,35 @@ def test_entropy_in_place_is_the_entropy_with_zero_for_impossible_tokens():
     assert entropy_(torch.tensor([[float("nan"), 0.0]])).isnan().all()  # a NaN is not hidden
 
 
-def test_sampling_from_shared_log_probs_draws_as_sample_tokens():
+def test_sampling_from_shared_probs_draws_as_sample_tokens():
     x = logits(1)
     for top_p in (None, 0.5, 0.9, 0.999):
-        log_probs = x.log_softmax(-1)
-        before = log_probs.clone()
-        shared = sample_from_log_probs(log_probs, log_probs.exp(), top_p, torch.Generator().manual_seed(2))
+        probs = x.log_softmax(-1).exp()
+        before = probs.clone()
+        shared = sample_from_probs(probs, top_p, torch.Generator().manual_seed(2))
         assert torch.equal(shared, sample_tokens(x, top_p=top_p, generator=torch.Generator().manual_seed(2)))
-        assert torch.equal(log_probs, before)  # inputs are left as they were
+        assert torch.equal(probs, before)  # the input is left as it was
 
 
-def test_nucleus_cdf_keeps_the_nucleus_mass_and_a_workspace_changes_nothing():
+def test_nucleus_cdf_keeps_exactly_the_nucleus_mass():
     x = logits(3)
     log_probs = x.log_softmax(-1)
     probs = log_probs.exp()
-    workspace = Workspace()
     for top_p in (0.3, 0.95):
-        plain = nucleus_cdf(log_probs, probs, top_p)
-        reused = nucleus_cdf(log_probs, probs, top_p, workspace)
-        assert torch.equal(plain, reused)
+        cdf = nucleus_cdf(probs, top_p)
         kept = torch.where(_nucleus(log_probs, top_p), torch.zeros(()), probs)
-        assert torch.allclose(plain[:, -1], kept.sum(-1), atol=1e-5)
-        assert (plain[:, -1] >= top_p - 0.02).all()  # at least top_p, up to the histogram's resolution
+        assert torch.allclose(cdf[:, -1], kept.sum(-1), atol=1e-5)
+        # at least top_p, and without the last kept token less than top_p (the smallest such set, exactly)
+        smallest = torch.where(kept > 0, kept, torch.inf).min(-1).values
+        assert (cdf[:, -1] >= top_p - 1e-5).all() and (cdf[:, -1] - smallest < top_p + 1e-5).all()
+
+
+def test_chunked_sort_gives_the_threshold_of_one_sort(monkeypatch):
+    probs = logits(5, rows=37).softmax(-1)
+    whole = nucleus_threshold(probs, 0.9)
+    monkeypatch.setattr(scheduling_masked_diffusion, "_CHUNK_ELEMENTS", 4 * probs.shape[-1])  # 10 chunks
+    assert torch.equal(nucleus_threshold(probs, 0.9), whole)
+    assert nucleus_threshold(probs[None], 0.9).shape == (1, 37, 1)  # any leading shape
 
 
 def test_nucleus_survives_nan_rows():
@@ -62,10 +70,21 @@ def test_nucleus_survives_nan_rows():
     assert (~outside[0]).any() and (~outside[2]).any()
 
 
-def test_workspace_hands_out_the_leading_rows_of_one_tensor():
-    workspace = Workspace()
-    big = workspace.get("a", torch.empty(10, 4))
-    small = workspace.get("a", torch.empty(6, 4))
-    assert small.shape == (6, 4) and small.is_contiguous() and small.data_ptr() == big.data_ptr()
-    assert workspace.get("a", torch.empty(12, 4)).shape == (12, 4)  # larger: a new tensor
-    assert workspace.get("a", torch.empty(3, 4), torch.long).dtype == torch.long
+def test_the_cpu_histogram_nucleus_is_the_sorted_nucleus():
+    # CPU finds the boundary by a two-level histogram, accelerators by a sort: the same tokens but for float rounding
+    # of the summed mass at the boundary (at most one token a row, here none in most rows).
+    g = torch.Generator().manual_seed(6)
+    for vocab, scale in ((300, 1.0), (5000, 0.3), (5000, 4.0)):
+        probs = (torch.randn(64, vocab, generator=g) * scale).softmax(-1)
+        for top_p in (0.3, 0.9, 0.95, 0.999):
+            by_sort = probs >= nucleus_threshold(probs, top_p)
+            by_histogram = scheduling_masked_diffusion._histogram_nucleus(probs, top_p)
+            differ = (by_sort != by_histogram).sum(-1)
+            assert (differ <= 1).all() and differ.sum() <= 3, (vocab, scale, top_p)
+
+
+def test_chunked_histogram_gives_the_mask_of_one_pass(monkeypatch):
+    probs = logits(7, rows=37).softmax(-1)
+    whole = scheduling_masked_diffusion._histogram_nucleus(probs, 0.9)
+    monkeypatch.setattr(scheduling_masked_diffusion, "_CHUNK_ELEMENTS", 4 * probs.shape[-1])
+    assert torch.equal(scheduling_masked_diffusion._histogram_nucleus(probs, 0.9), whole)

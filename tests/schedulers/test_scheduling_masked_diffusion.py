@@ -200,7 +200,7 @@ def test_bad_arguments_are_named():
         scheduler.step(torch.randn(1, 2, V), 1.0, torch.full((1, 2), MASK), mask_token_id=MASK, temperature=-0.5)
 
 
-def test_top_p_nucleus_matches_the_sorted_definition_up_to_its_resolution():
+def test_top_p_nucleus_is_the_sorted_definition():
     logits = torch.randn(64, 3000, generator=torch.Generator().manual_seed(0)) * 3
     for top_p in (0.5, 0.9, 0.95):
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -208,11 +208,8 @@ def test_top_p_nucleus_matches_the_sorted_definition_up_to_its_resolution():
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
         exact_keep = ~torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         keep = ~torch.isinf(filter_logits(logits, top_p=top_p))
-        assert (keep | ~exact_keep).all()  # never drops a token of the exact nucleus
-        extra = keep & ~exact_keep
-        p = logits.softmax(-1)
-        boundary = torch.where(exact_keep, p, torch.inf).min(-1, keepdim=True).values
-        assert (p[extra] >= (boundary * 0.98).expand_as(p)[extra]).all()  # extras sit at the boundary
+        # the same tokens, but for float rounding of the cumulative sums at the boundary (at most one token a row)
+        assert ((keep != exact_keep).sum(-1) <= 1).all() and (keep != exact_keep).float().mean() < 1e-3
 
 
 def test_sample_tokens_is_sampling_from_the_filtered_logits():

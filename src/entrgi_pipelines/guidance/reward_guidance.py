@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from diffusers.callbacks import PipelineCallback
 
-from ..schedulers.scheduling_masked_diffusion import Workspace
 from ..validation import check_integer, check_number
 from .entrgi import GUIDANCE_METHODS, entrgi_embeddings, optimize_logits
 from .rewards import RewardTerm, as_differentiable_reward, visible_before_eos
@@ -17,21 +16,6 @@ from .templates import RewardTemplate
 from .vocab import UNMAPPED_POLICIES, VocabularyMap
 
 logger = logging.getLogger(__name__)
-
-
-class _SoftEmbeddings(torch.autograd.Function):
-    """`probs @ matrix` (the matrix without gradient) whose backward writes `d/d probs` into a workspace tensor."""
-
-    @staticmethod
-    def forward(ctx, probs: torch.Tensor, matrix: torch.Tensor, workspace: Workspace, name: str):
-        ctx.save_for_backward(probs, matrix)
-        ctx.workspace, ctx.name = workspace, name
-        return probs @ matrix
-
-    @staticmethod
-    def backward(ctx, grad_soft: torch.Tensor):
-        probs, matrix = ctx.saved_tensors
-        return torch.mm(grad_soft, matrix.T, out=ctx.workspace.get(ctx.name, probs)), None, None, None
 
 
 def _visible_until(visible: torch.BoolTensor, end: int | torch.LongTensor | None) -> torch.BoolTensor:
@@ -116,7 +100,7 @@ class RewardGuidance(PipelineCallback):
         ```
     """
 
-    tensor_inputs = ["logits", "response_tokens", "block_bounds"]
+    tensor_inputs = ["logits", "response_tokens", "block_bounds", "masked_positions"]
 
     def __init__(
         self,
@@ -201,8 +185,6 @@ class RewardGuidance(PipelineCallback):
         self._fallbacks: list[torch.Tensor] = []  # per guided step: how many samples fell back (on device)
         # The reward `(N,)` the last Adam step of the latest denoising step computed (None: that step was not guided).
         self.guidance_reward: torch.Tensor | None = None
-        # On CPU, the (P, V) temporaries of the guided steps of a call (see `Workspace`); released by `finish`.
-        self._workspace: Workspace | None = None
 
     @property
     def vocab_coverage(self) -> list[float]:
@@ -262,10 +244,7 @@ class RewardGuidance(PipelineCallback):
         scatter, whose backward selects by the mask: a host synchronisation on CUDA at every Adam step.
         """
         matrix = term.dllm_embedding_matrix()
-        if self._workspace is not None and index is not None and probs.dtype == matrix.dtype:
-            soft = _SoftEmbeddings.apply(probs, matrix, self._workspace, f"grad_probs_{id(term)}")
-        else:
-            soft = probs.to(matrix.dtype) @ matrix
+        soft = probs.to(matrix.dtype) @ matrix
         mixed = entrgi_embeddings(soft, matrix[hard], weight)
         if index is None:
             return matrix[tokens].masked_scatter(masked[..., None], mixed)
@@ -274,7 +253,7 @@ class RewardGuidance(PipelineCallback):
     def guided_reward(self, tokens, masked, probs, hard, weight, index=None, end=None) -> torch.Tensor:
         """Summed reward `(N,)` of the responses whose masked positions are fed as EntRGi embeddings (`index`: see
         `response_embeddings`); with `end`, the responses are cut there (positions from `end` on are hidden)."""
-        sampled = tokens.masked_scatter(masked, hard)
+        sampled = tokens.masked_scatter(masked, hard) if index is None else tokens.index_put(index, hard)
         visible = _visible_until(visible_before_eos(sampled, self._call["eos_token_id"]), end)
         total = 0.0
         for term in self.terms:
@@ -296,19 +275,28 @@ class RewardGuidance(PipelineCallback):
         if self.config.guidance == "none" or self.config.guidance_steps == 0 or step_index >= cutoff_index:
             return callback_kwargs
         logits, tokens = callback_kwargs["logits"], callback_kwargs["response_tokens"]
-        masked = tokens == self._call["mask_token_id"]
         # With blocks and the "block" scope, the reward model reads each response up to its current block's end and
         # only that block is guided; later blocks stay masked, unseen.
-        end = None
         bounds = callback_kwargs.get("block_bounds")
-        if self._call.get("guidance_scope", "response") == "block" and bounds is not None:
-            positions = torch.arange(tokens.shape[1], device=tokens.device)
-            end = bounds[:, 1]
-            masked = masked & (positions >= bounds[:, :1]) & (positions < end[:, None])
-        # The one host sync of a guided step (it sizes the masked rows); `rows` groups the positions of each sample.
-        rows, columns = masked.nonzero(as_tuple=True)
-        if rows.numel() == 0:
+        block_scope = self._call.get("guidance_scope", "response") == "block" and bounds is not None
+        end = bounds[:, 1] if block_scope else None
+        one_block = getattr(pipeline.scheduler, "num_blocks", 1) == 1
+        # The guided rows: the pipeline's `masked_positions` (the step's one host sync, shared with the scheduler:
+        # the current block's masked positions) when they are the rows guidance guides (one block, or the "block"
+        # scope), else found here (one more sync).
+        shared = callback_kwargs.get("masked_positions")
+        if shared is not None and (one_block or block_scope):
+            rows, columns = shared
+        else:
+            shared = None
+            masked = tokens == self._call["mask_token_id"]
+            if block_scope:
+                positions = torch.arange(tokens.shape[1], device=tokens.device)
+                masked = masked & (positions >= bounds[:, :1]) & (positions < end[:, None])
+            rows, columns = masked.nonzero(as_tuple=True)
+        if rows.numel() == 0:  # the size is known on the host: no sync
             return callback_kwargs
+        masked = torch.zeros_like(tokens, dtype=torch.bool).index_put_((rows, columns), torch.ones((), dtype=bool))
         latest = []
 
         def reward_fn(probs, hard, weight):
@@ -316,7 +304,7 @@ class RewardGuidance(PipelineCallback):
             return latest[0]
 
         phi, fallback = optimize_logits(
-            logits[rows, columns],
+            logits,
             reward_fn,
             method=self.config.guidance,
             num_steps=self.config.guidance_steps,
@@ -328,24 +316,22 @@ class RewardGuidance(PipelineCallback):
             row_groups=rows,
             return_fallback=True,
             compile=self.config.compile,
-            workspace=self._step_workspace(logits.device),
+            index=(rows, columns),
         )
         # SMC's "guidance" potential: the reward of the method's input at the last Adam step (it costs nothing more)
         self.guidance_reward = latest[0].detach() if latest else None
-        per_sample = torch.zeros_like(masked[:, 0], dtype=torch.int).index_add_(0, rows, fallback.int())
+        per_sample = tokens.new_zeros(tokens.shape[0], dtype=torch.int).index_add_(0, rows, fallback.int())
         self._fallbacks.append((per_sample > 0).sum())
-        # Rows by index: a mask broadcast over the vocabulary would cost a prefix sum over all N * L * V entries.
-        callback_kwargs["logits"] = logits.index_put((rows, columns), phi)
+        if shared is None:
+            # Rows by index (a mask broadcast over the vocabulary would cost a prefix sum over all N * L * V entries),
+            # into a copy: the caller's logits stay the model's, which the scheduler ranks the commits by.
+            callback_kwargs["logits"] = logits.index_put((rows, columns), phi)
+        else:
+            # In place, without an (N, L, V) copy: the scheduler gets the model's own rows at the same positions
+            # for its confidence (`confidence_logits`, `(P, V)`), so guidance still changes what is sampled, not where.
+            callback_kwargs["confidence_logits"] = logits[rows, columns]
+            callback_kwargs["logits"] = logits.index_put_((rows, columns), phi)
         return callback_kwargs
-
-    def _step_workspace(self, device: torch.device) -> Workspace | None:
-        """The call's workspace on CPU, where a new (P, V) tensor costs page faults; None on accelerators, whose
-        caching allocators reuse memory anyway (a workspace would only hold it longer)."""
-        if device.type != "cpu":
-            return None
-        if self._workspace is None:
-            self._workspace = Workspace()
-        return self._workspace
 
     def finish(self) -> tuple[int, int]:
         """Ends a pipeline call: `(steps, samples)` at which guidance fell back to the model's logits, warned once.
@@ -355,7 +341,6 @@ class RewardGuidance(PipelineCallback):
         """
         counts = torch.stack(self._fallbacks).cpu() if self._fallbacks else torch.zeros(0, dtype=torch.long)
         self._fallbacks = []
-        self._workspace = None
         steps, samples = int((counts > 0).sum()), int(counts.sum())
         if steps:
             logger.warning(

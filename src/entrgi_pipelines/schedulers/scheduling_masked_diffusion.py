@@ -35,93 +35,102 @@ class MaskedDiffusionSchedulerOutput(BaseOutput):
             The positions committed at this step.
         confidence (`torch.Tensor` of shape `(batch_size, gen_length)`):
             The confidence that ranked the masked positions (`-inf` at positions that were not masked).
+        invalid_rows (`torch.LongTensor`, 0-dim):
+            How many candidate rows of `model_output` had no valid distribution (NaN, +inf, or `-inf` everywhere):
+            nonzero only when `step` got `masked_positions` (it raises otherwise), for the caller to check.
     """
 
     prev_sample: torch.LongTensor
     sampled_tokens: torch.LongTensor
     commit_mask: torch.BoolTensor
     confidence: torch.Tensor
+    invalid_rows: torch.LongTensor | None = None
 
 
-# The nucleus boundary is found on a histogram of log-probabilities (bins of 40 / 4095 nats, about 1% in
-# probability) instead of a full sort of the vocabulary, which costs several times more on CPU.
-_TOP_P_BINS, _TOP_P_SPAN = 4096, 40.0
-_BINS_PER_NAT = (_TOP_P_BINS - 1) / _TOP_P_SPAN
-_TAIL_BINS = 64
+# The exact nucleus works in chunks of rows, so that its int64 temporaries (the sort's indices, the histogram keys)
+# never span all `(P, V)` rows at once: at most this many entries per chunk (128 MB of int64).
+_CHUNK_ELEMENTS = 1 << 24
+# On CPU the boundary is found by a two-level histogram of log-probabilities (a radix select: 4096 bins of 40 / 4095
+# nats, then 4096 sub-bins of the boundary bin, finer than float32 resolves a log-probability), 5-8x faster than a
+# sort of the vocabulary there (0.15 s against 0.77 s for 64 rows of V = 152,064, one thread; benchmarks/README.md).
+_BINS, _SPAN, _TAIL_BINS, _SUB_BINS = 4096, 40.0, 64, 4096
+_BINS_PER_NAT = (_BINS - 1) / _SPAN
 
 
-def _nucleus_bins(vocab_size: int, top_p: float) -> int:
-    """Histogram bins that resolve the nucleus: a token less probable than `(1 - top_p) / V` is never in it (all
-    such tokens together hold less than `1 - top_p`), so every token from there on can share the last bin."""
-    span = min(_TOP_P_SPAN, math.log(vocab_size / (1.0 - top_p)))
-    return min(_TOP_P_BINS, math.ceil(span * _BINS_PER_NAT) + 1)
+def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`(..., 1)`: per row of `probs`, the smallest probability inside its top-p nucleus, by a sort of the row.
 
-
-class Workspace:
-    """Tensors handed out by name and handed out again (their leading rows) while they are large enough: for loops
-    that repeat the same vocabulary-wide work on as many or fewer rows (the Adam steps of a guidance step, and the
-    guided steps of a call, whose masked rows only decrease).
-
-    On CPU a new large tensor costs page faults (glibc maps a fresh block for it and unmaps it when it is freed), which
-    cost more than the arithmetic of a pass over it; with a workspace only the first pass of a loop pays them.
+    The nucleus (as in Holtzman et al. and transformers' `TopPLogitsWarper`) keeps, in decreasing order of
+    probability, every token whose more probable tokens hold less than `top_p` of the mass, so the most likely token
+    always survives; it is `probs >= threshold` (tokens tied with the last one kept are kept too). A row with a NaN
+    gets a NaN threshold (nothing passes `>=` it). No host sync.
     """
-
-    def __init__(self):
-        self._tensors: dict[str, torch.Tensor] = {}
-
-    def get(self, name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """An uninitialised tensor of `like`'s shape (and `dtype`, by default `like`'s), contiguous."""
-        dtype = like.dtype if dtype is None else dtype
-        tensor = self._tensors.get(name)
-        if (
-            tensor is None
-            or tensor.dim() != like.dim()
-            or tensor.shape[1:] != like.shape[1:]
-            or tensor.shape[0] < like.shape[0]
-            or tensor.dtype != dtype
-            or tensor.device != like.device
-        ):
-            tensor = self._tensors[name] = torch.empty(like.shape, dtype=dtype, device=like.device)
-        return tensor[: like.shape[0]]
+    vocab_size = probs.shape[-1]
+    flat = probs.reshape(-1, vocab_size)
+    threshold = flat.new_empty(flat.shape[0], 1)
+    chunk = max(1, _CHUNK_ELEMENTS // vocab_size)
+    for start in range(0, flat.shape[0], chunk):
+        values = flat[start : start + chunk].sort(-1, descending=True).values
+        # token j is kept iff the mass before it, cumsum[j - 1], is below top_p: a prefix of the sorted row
+        count = (values.cumsum(-1) < top_p).sum(-1, keepdim=True).add_(1).clamp_(max=vocab_size)
+        threshold[start : start + chunk] = values.gather(-1, count - 1)
+    return threshold.reshape(*probs.shape[:-1], 1)
 
 
-def _new(workspace: Workspace | None, name: str, like: torch.Tensor, dtype: torch.dtype | None = None):
-    if workspace is None:
-        return torch.empty_like(like, dtype=dtype)
-    return workspace.get(name, like, dtype)
+def _histogram_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The nucleus mask of `nucleus_mask` for 2-D `probs`, by a two-level histogram (a radix select) instead of a sort.
+
+    Level 1: each token's bin `floor(-log p * 4095 / 40)` (tokens less probable than `(1 - top_p) / V`, never in the
+    nucleus, go to trailing bins by column: a scatter-add into one bin is a chain of dependent writes); the boundary
+    bin is the one where the cumulative mass reaches `top_p`. Level 2 splits the boundary bin into 4096 sub-bins the
+    same way. Bins before the boundary are in, bins after out, so the nucleus is exact to float32 resolution: tokens
+    within a few float steps of the last one kept count as ties, and the mass is summed per bin rather than in
+    sorted order (so the boundary can move by a token where the two roundings differ).
+    """
+    vocab_size = probs.shape[-1]
+    span = min(_SPAN, math.log(vocab_size / (1.0 - top_p)))
+    bins = min(_BINS, math.ceil(span * _BINS_PER_NAT) + 1)
+    tail = torch.arange(vocab_size, device=probs.device, dtype=probs.dtype).remainder_(_TAIL_BINS).add_(bins - 1)
+    keep = torch.empty(probs.shape, dtype=torch.bool, device=probs.device)
+    chunk = max(1, _CHUNK_ELEMENTS // vocab_size)
+    for start in range(0, probs.shape[0], chunk):
+        p = probs[start : start + chunk]
+        position = p.log().mul_(-_BINS_PER_NAT)  # >= 0; +inf for impossible tokens, NaN stays NaN
+        coarse = torch.minimum(position, tail).nan_to_num_(nan=bins - 1.0)  # a NaN joins the tail, in range
+        key = coarse.long()
+        mass = p.new_zeros(p.shape[0], bins - 1 + _TAIL_BINS).scatter_add_(-1, key, p)
+        cumulative = mass.cumsum(-1)
+        boundary = (cumulative < top_p).sum(-1, keepdim=True).clamp_(max=mass.shape[-1] - 1)
+        before = (cumulative - mass).gather(-1, boundary)
+        in_boundary = key == boundary
+        fine = position.sub_(boundary).mul_(_SUB_BINS).clamp_(0, _SUB_BINS - 1).nan_to_num_(nan=_SUB_BINS - 1)
+        key.copy_(fine).masked_fill_(~in_boundary, _SUB_BINS)  # the rest of the row: one extra bin, unused
+        sub_mass = p.new_zeros(p.shape[0], _SUB_BINS + 1).scatter_add_(-1, key, p)
+        sub_boundary = (sub_mass.cumsum_(-1).add_(before) < top_p).sum(-1, keepdim=True)
+        keep[start : start + chunk] = (coarse < boundary) | (in_boundary & (key <= sub_boundary))
+    return keep
 
 
-def _nucleus_position(log_probs: torch.Tensor, probs: torch.Tensor, top_p: float, workspace: Workspace | None = None):
-    """`(position, kept_bins)`: each token's histogram position (float, bin = its floor; a new tensor, or the
-    workspace's, that the caller may overwrite) and, per row, how many leading bins are in the nucleus. A token is
-    kept iff `position < kept_bins`."""
-    bins, vocab_size = _nucleus_bins(log_probs.shape[-1], top_p), log_probs.shape[-1]
-    # bin 0 holds the most probable tokens. Tokens past the span (never in the nucleus) go to _TAIL_BINS trailing bins
-    # by column rather than to one: a scatter-add into a single bin is a chain of dependent writes, several times
-    # slower on CPU. In place on the one temporary: on CPU every new (P, V) tensor costs page faults.
-    position = torch.mul(log_probs, -_BINS_PER_NAT, out=_new(workspace, "position", log_probs))
-    tail = torch.arange(vocab_size, device=position.device, dtype=position.dtype).remainder_(_TAIL_BINS)
-    torch.minimum(position, tail.add_(bins - 1), out=position)
-    position.nan_to_num_(nan=bins - 1.0)  # a NaN never becomes an out-of-range index: it joins the tail
-    key = _new(workspace, "key", position, torch.long).copy_(position)  # truncation, as `.long()`
-    mass = probs.new_zeros(*position.shape[:-1], bins - 1 + _TAIL_BINS).scatter_add_(-1, key, probs)
-    # A bin is kept while the mass of the strictly more probable bins (the previous cumulative sum, which never
-    # decreases, so the kept bins are a prefix) is below top_p; bin 0 always is.
-    return position, (mass.cumsum(-1) < top_p).sum(-1, keepdim=True) + 1
+def nucleus_mask(probs: torch.Tensor, top_p: float) -> torch.BoolTensor:
+    """Mask of the tokens inside the top-p nucleus of each row of `probs` (see `nucleus_threshold`); a NaN row has
+    none. Exact: by a sort on accelerators, by the equivalent two-level histogram on CPU (faster there; the two agree
+    but for float rounding at the boundary). No host sync."""
+    if probs.device.type == "cpu":
+        return _histogram_nucleus(probs.reshape(-1, probs.shape[-1]), top_p).reshape(probs.shape)
+    return probs >= nucleus_threshold(probs, top_p)
 
 
 def _nucleus(log_probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Mask of the tokens outside the top-p nucleus, from log-probabilities (see `filter_logits`)."""
-    position, kept_bins = _nucleus_position(log_probs, log_probs.exp(), top_p)
-    return position >= kept_bins
+    """Mask of the tokens outside the top-p nucleus, from log-probabilities (see `filter_logits`); a NaN row is
+    outside everywhere."""
+    return ~nucleus_mask(log_probs.exp(), top_p)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Sets logits outside the top-k and outside the top-p nucleus to `-inf` (rows are independent).
 
     The nucleus keeps every token whose more probable tokens hold less than `top_p` of the mass, so the most likely
-    token always survives. Tokens within about 1% in probability of the last token of the nucleus are kept too
-    (the boundary is resolved on a log-probability histogram rather than by sorting the vocabulary).
+    token always survives (exactly: see `nucleus_mask`).
     """
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -134,11 +143,25 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 def entropy_(log_probs: torch.Tensor) -> torch.Tensor:
     """Entropy of each row of `log_probs` (natural log), computed in place: `log_probs` is overwritten.
 
-    One temporary instead of four (on CPU every new `(P, V)` tensor costs page faults). `0 * log 0` counts as 0; a
-    NaN stays NaN.
+    One temporary instead of four (every `(P, V)` temporary is memory, and on CPU page faults). `0 * log 0` counts as
+    0; a NaN stays NaN.
     """
     probs = log_probs.exp()
     return -probs.mul_(log_probs.clamp_(min=torch.finfo(log_probs.dtype).min)).sum(-1)
+
+
+def device_generator(generator: torch.Generator | None, device: torch.device | str) -> torch.Generator | None:
+    """A generator that draws on `device`: `generator` itself where it already is there (or None: the device's
+    default generator), else a new one on `device` seeded by one draw from `generator`.
+
+    So a CPU generator (what most examples pass) drives a CUDA call without a host-to-device copy per draw, and the
+    same seed still gives the same output; on CPU nothing changes.
+    """
+    device = torch.device(device)
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (), generator=generator))  # on the caller's device: no sync of `device`
+    return torch.Generator(device).manual_seed(seed)
 
 
 def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -150,7 +173,7 @@ def _invert_cdf(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.L
     """The index where one uniform number per row, scaled by the row's total mass, falls in the row's CDF."""
     uniform = _uniform((*cdf.shape[:-1], 1), generator, cdf.device)
     tokens = torch.searchsorted(cdf, uniform * cdf[..., -1:], right=True)
-    # float rounding can put the scaled number at the very end of the CDF
+    # float rounding can put the scaled number at the very end of the CDF (and a NaN row past it)
     return tokens.squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
@@ -168,32 +191,22 @@ def sample_tokens(
     """`sample_from_logits(filter_logits(logits, top_k, top_p))` with the vocabulary-wide passes shared."""
     if top_k is not None and top_k < logits.shape[-1]:
         logits = filter_logits(logits, top_k=top_k)
-    log_probs = logits.float().log_softmax(-1)
-    return sample_from_log_probs(log_probs, log_probs.exp(), top_p, generator)
+    return sample_from_probs(logits.float().log_softmax(-1).exp(), top_p, generator)
 
 
-def sample_from_log_probs(
-    log_probs: torch.Tensor, probs: torch.Tensor, top_p: float | None = None, generator=None
-) -> torch.LongTensor:
-    """One sample per row from `probs = log_probs.exp()` restricted to its top-p nucleus (the same draws as
-    `sample_tokens` on the logits): for callers that already hold both, so that no vocabulary pass is repeated.
-    Neither input is modified."""
-    return _invert_cdf(nucleus_cdf(log_probs, probs, top_p), generator)
+def sample_from_probs(probs: torch.Tensor, top_p: float | None = None, generator=None) -> torch.LongTensor:
+    """One sample per row from `probs` restricted to its top-p nucleus (the same draws as `sample_tokens` on the
+    logits): for callers that already hold the probabilities, so that no vocabulary pass is repeated. `probs` is not
+    modified."""
+    return _invert_cdf(nucleus_cdf(probs, top_p), generator)
 
 
-def nucleus_cdf(
-    log_probs: torch.Tensor, probs: torch.Tensor, top_p: float | None = None, workspace: Workspace | None = None
-) -> torch.Tensor:
-    """The cumulative sum of `probs = log_probs.exp()` over its top-p nucleus (zero mass outside it), a new tensor (or
-    the `workspace`'s); its last entry is the nucleus' mass. Random-free, so that it can be compiled; `_invert_cdf`
-    draws from it."""
+def nucleus_cdf(probs: torch.Tensor, top_p: float | None = None) -> torch.Tensor:
+    """The cumulative sum of `probs` over its top-p nucleus (zero mass outside it), a new tensor; its last entry is
+    the nucleus' mass. Random-free, so that it can be compiled; `_invert_cdf` draws from it."""
     if top_p is None or top_p >= 1.0:
-        return torch.cumsum(probs, -1, out=_new(workspace, "position", probs))
-    position, kept_bins = _nucleus_position(log_probs, probs, top_p, workspace)
-    # the nucleus' probabilities, then their CDF, written over `position` (no new (P, V) tensor)
-    kept = torch.lt(position, kept_bins, out=_new(workspace, "kept", position, torch.bool))
-    torch.where(kept, probs, probs.new_zeros(()), out=position)
-    return position.cumsum_(-1)
+        return probs.cumsum(-1)
+    return torch.where(nucleus_mask(probs, top_p), probs, 0.0).cumsum_(-1)
 
 
 class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
@@ -352,7 +365,17 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self.steps_per_block = num_inference_steps // self.num_blocks
         self.sigmas = torch.linspace(1.0, self.config.eps, self.steps_per_block + 1, dtype=torch.float64)
         self.timesteps = self.sigmas[:-1].repeat(self.num_blocks).to(device=device, dtype=torch.float32)
+        # The per-step fractions as Python floats, so that a step reads no tensor: `"time"` / `origin` on the
+        # float64 grid, `"time_floor"` on Dream's float32 grid (its float32 product is redone on the device).
+        self._fractions = (1.0 - self.sigmas[1:] / self.sigmas[:-1]).tolist()
+        grid = torch.linspace(1.0, self.config.eps, self.steps_per_block + 1)
+        self._floor_fractions = (1 - grid[1:] / grid[:-1]).tolist()
         self._step_index = None
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Starts the next `step` at this index of `timesteps` (diffusers' convention), so that the first step does
+        not look its timestep up (reading a device tensor back to the host)."""
+        self._step_index = begin_index
 
     def index_for_timestep(self, timestep: float | torch.Tensor) -> int:
         """The first position of `timestep` in `timesteps`."""
@@ -375,7 +398,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         step = step_index % self.steps_per_block
         if step >= self.steps_per_block - 1:
             return 1.0
-        return float(1.0 - self.sigmas[step + 1] / self.sigmas[step])
+        return self._fractions[step]
 
     def num_tokens_to_commit(self, num_masked: torch.LongTensor, step_index: int) -> torch.LongTensor:
         """How many of the block's `num_masked` positions (per row) to commit at step `step_index`, by the commit
@@ -388,22 +411,20 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             steps_left = self.steps_per_block - step
             return torch.div(num_masked + steps_left - 1, steps_left, rounding_mode="floor")
         if schedule == "time_floor":
-            # Dream's arithmetic: a float32 grid and a float32 product, truncated
-            grid = torch.linspace(1.0, self.config.eps, self.steps_per_block + 1)
-            fraction = 1 - grid[step + 1] / grid[step]
-            return (num_masked.float() * fraction.to(num_masked.device)).long().clamp(max=num_masked)
+            # Dream's arithmetic: a float32 grid and a float32 product (a float32 scalar), truncated
+            return (num_masked.float() * self._floor_fractions[step]).long().clamp(max=num_masked)
         return torch.round(num_masked * self.unmask_fraction(step_index)).long().clamp(max=num_masked)
 
     def _confidence(
         self,
         logits: torch.Tensor,
         tokens: torch.LongTensor,
-        candidates: torch.BoolTensor,
+        positions: tuple[torch.LongTensor, torch.LongTensor],
         masked: torch.BoolTensor,
         generator,
     ) -> torch.Tensor:
-        """Confidence of each candidate position (rows of `logits` are the candidates, in order; `masked` marks every
-        masked position of the response, later blocks included)."""
+        """Confidence of each candidate position (rows of `logits` are the candidates at `positions`, in order;
+        `masked` marks every masked position of the response, later blocks included)."""
         rule = self.config.confidence
         if rule in ("origin", "random"):
             return _uniform(tokens.shape, generator, logits.device)
@@ -416,7 +437,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         token_prob = log_probs.gather(-1, tokens[:, None]).squeeze(-1).exp()
         if rule == "maskgit_plus":
             return token_prob
-        return token_prob - _anchor_distance(masked)[candidates].to(token_prob.dtype)
+        return token_prob - _anchor_distance(masked)[positions].to(token_prob.dtype)
 
     def _threshold_scale(self, confidence: torch.Tensor, masked: torch.BoolTensor) -> torch.Tensor:
         """The confidence on the probability scale that `threshold` is compared with."""
@@ -442,6 +463,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         threshold: float | None = None,
         minimal_topk: int | None = None,
         generator: torch.Generator | None = None,
+        masked_positions: tuple[torch.LongTensor, torch.LongTensor] | None = None,
         return_dict: bool = True,
     ) -> MaskedDiffusionSchedulerOutput | tuple:
         """
@@ -453,14 +475,20 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             timestep (`float` or `torch.Tensor`): the current time, one of `self.timesteps`.
             sample (`torch.LongTensor` of shape `(batch_size, gen_length)`): the current response tokens.
             mask_token_id (`int`): the id that marks a masked position.
-            confidence_logits (`torch.Tensor`, *optional*): logits the confidence is computed from (see class doc).
+            confidence_logits (`torch.Tensor`, *optional*): logits the confidence is computed from (see class doc):
+                `(batch_size, gen_length, vocab_size)`, or `(P, vocab_size)`, the rows at `masked_positions`.
             temperature (`float`, defaults to 1.0): sampling temperature (>= 0; 0 is greedy); confidences use it too.
             top_p (`float`, *optional*): nucleus sampling mass in (0, 1].
             top_k (`int`, *optional*): sample among the `top_k` most likely tokens.
             eos_token_id (`int`, *optional*): end-of-sequence id, committed last when `eos_last=True`.
             threshold (`float`, *optional*): overrides the config's `threshold` for this step.
             minimal_topk (`int`, *optional*): overrides the config's `minimal_topk` for this step.
-            generator (`torch.Generator`, *optional*): makes the sampling reproducible.
+            generator (`torch.Generator`, *optional*): makes the sampling reproducible (on the logits' device: see
+                [`device_generator`]).
+            masked_positions (`tuple[torch.LongTensor, torch.LongTensor]`, *optional*): `(rows, columns)` of this
+                step's candidates, [`~MaskedDiffusionScheduler.masked_positions`] computed by the caller (the
+                step's one host sync, shared with guidance). Given, the step makes no host sync (with one block and
+                no threshold) and reports rows without a valid distribution in `invalid_rows` instead of raising.
             return_dict (`bool`, defaults to `True`): return a [`MaskedDiffusionSchedulerOutput`] or a tuple.
 
         Returns:
@@ -477,26 +505,28 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         step_index = self._step_index
         last_of_block = step_index % self.steps_per_block == self.steps_per_block - 1
 
-        masked = all_masked = sample == mask_token_id
-        if self._blockwise:  # the candidates: the current block's masked positions
-            start, end = self.block_bounds(step_index)
-            in_block = torch.zeros(sample.shape[1], dtype=torch.bool, device=sample.device)
-            in_block[start:end] = True
-            masked = all_masked & in_block
-        # Vocabulary-wide work touches masked rows only. The mask token itself is never a candidate.
-        # (boolean indexing copies: dividing that copy in place saves a (P, V) tensor)
+        all_masked = sample == mask_token_id
+        masked = self.candidates(sample, mask_token_id, step_index)
+        eager_check = masked_positions is None
+        if eager_check:
+            masked_positions = masked.nonzero(as_tuple=True)  # a host sync: it sizes the rows
+        rows, columns = masked_positions
+        # Vocabulary-wide work touches masked rows only, gathered by index. The mask token is never a candidate.
+        # (the gather copies: dividing that copy in place saves a (P, V) tensor)
         greedy = temperature == 0
-        logits = model_output[masked].float()
+        logits = model_output[rows, columns].float()
         if not greedy:
             logits.div_(temperature)
         logits[:, mask_token_id] = float("-inf")
-        # One sync per step: a row without a distribution (NaN, +inf, or nothing but -inf) cannot be sampled.
-        invalid = int((~logits.amax(-1).isfinite()).sum()) if logits.numel() else 0
-        if invalid:
+        # A row without a distribution (NaN, +inf, or nothing but -inf) cannot be sampled: refused here when this step
+        # found its rows itself (one more sync), else counted in `invalid_rows` for the caller to check lazily (the
+        # sampler still returns in-range tokens for such rows).
+        invalid = (~logits.amax(-1).isfinite()).sum()
+        if eager_check and logits.numel() and int(invalid):
             raise ValueError(
-                f"`model_output` has no valid distribution at {invalid} masked position(s) at step {step_index} "
-                "(NaN, +inf, or -inf everywhere but the mask token): check the model and the callbacks that edit "
-                "the logits."
+                f"`model_output` has no valid distribution at {int(invalid)} masked position(s) at step "
+                f"{step_index} (NaN, +inf, or -inf everywhere but the mask token): check the model and the callbacks "
+                "that edit the logits."
             )
         if greedy:
             tokens = logits.argmax(-1)
@@ -504,15 +534,17 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             tokens = sample_tokens(logits, top_k=top_k, top_p=top_p, generator=generator)
         if confidence_logits is None:
             source = logits
+        elif confidence_logits.dim() == 2:  # already the rows at `masked_positions` (the caller's: not in place)
+            source = confidence_logits.float() if greedy else confidence_logits.float() / temperature
         else:
-            source = confidence_logits[masked].float()
+            source = confidence_logits[rows, columns].float()
             if not greedy:
                 source.div_(temperature)
-        row_confidence = self._confidence(source, tokens, masked, all_masked, generator)
+        row_confidence = self._confidence(source, tokens, masked_positions, all_masked, generator)
 
-        sampled = sample.masked_scatter(masked, tokens)
+        sampled = sample.index_put(masked_positions, tokens)
         confidence = torch.full(sample.shape, float("-inf"), device=sample.device)
-        confidence = confidence.masked_scatter(masked, row_confidence.to(confidence.dtype))
+        confidence = confidence.index_put_(masked_positions, row_confidence.to(confidence.dtype))
         if self.config.confidence == "origin":
             commit = masked & (confidence < self.unmask_fraction(step_index))
         else:
@@ -547,8 +579,29 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev_sample, sampled, commit, confidence
         return MaskedDiffusionSchedulerOutput(
-            prev_sample=prev_sample, sampled_tokens=sampled, commit_mask=commit, confidence=confidence
+            prev_sample=prev_sample,
+            sampled_tokens=sampled,
+            commit_mask=commit,
+            confidence=confidence,
+            invalid_rows=invalid,
         )
+
+    def candidates(self, sample: torch.LongTensor, mask_token_id: int, step_index: int | None = None):
+        """`(N, L)` bool: the positions step `step_index` (default: the next step) may commit, the masked positions of
+        its block."""
+        masked = sample == mask_token_id
+        if not self._blockwise:
+            return masked
+        step_index = (self._step_index or 0) if step_index is None else step_index
+        start, end = self.block_bounds(step_index)
+        in_block = torch.zeros(sample.shape[1], dtype=torch.bool, device=sample.device)
+        in_block[start:end] = True
+        return masked & in_block
+
+    def masked_positions(self, sample: torch.LongTensor, mask_token_id: int) -> tuple[torch.LongTensor, ...]:
+        """`(rows, columns)` of the next step's [`~MaskedDiffusionScheduler.candidates`], row-major: one host sync
+        (`nonzero` sizes them), which a caller can share between guidance and `step(masked_positions=...)`."""
+        return self.candidates(sample, mask_token_id).nonzero(as_tuple=True)
 
     def finished(self, sample: torch.LongTensor, mask_token_id: int, eos_token_id: int | None) -> torch.BoolTensor:
         """Per row of `sample` `(N, L)`: whether its first end-of-sequence token is committed and no position

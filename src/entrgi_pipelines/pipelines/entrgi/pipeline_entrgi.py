@@ -19,7 +19,11 @@ from ...guidance.resampling import ParticleResampler, check_resampling_arguments
 from ...guidance.reward_guidance import RewardGuidance
 from ...guidance.rewards import visible_before_eos
 from ...pipelines.hub_utils import HubPipelineMixin
-from ...schedulers.scheduling_masked_diffusion import MaskedDiffusionScheduler, check_decoding_arguments
+from ...schedulers.scheduling_masked_diffusion import (
+    MaskedDiffusionScheduler,
+    check_decoding_arguments,
+    device_generator,
+)
 from ...validation import (
     ArgumentTypeError,
     check_choice,
@@ -131,12 +135,26 @@ def _same_objects(a, b) -> bool:
     return a is b
 
 
-def _check_model_logits(logits: torch.Tensor, step_index: int, num_steps: int) -> None:
-    """Stops a call whose diffusion model returned NaN or +inf logits (one host sync per step)."""
-    if not bool(logits.amax(-1).isfinite().all()):
+def _first_bad_step(first: torch.Tensor, bad: torch.Tensor, step_index: int) -> torch.Tensor:
+    """`first` (a device scalar, -1 while none) becomes `step_index` at the first step where `bad` holds: a lazy
+    check that costs no host sync inside the loop."""
+    return torch.where((first < 0) & bad, step_index, first)
+
+
+def _check_lazily(first_nonfinite: torch.Tensor, first_invalid: torch.Tensor, num_steps: int) -> None:
+    """Stops a call whose diffusion model returned NaN or +inf logits, or whose callbacks left a masked position
+    without a distribution, naming the first such step (one host sync, after the loop: the steps in between sample
+    in-range tokens from such rows, which are thrown away)."""
+    nonfinite, invalid = torch.stack([first_nonfinite, first_invalid]).tolist()
+    if nonfinite >= 0:
         raise FloatingPointError(
-            f"The diffusion model returned NaN or infinite logits at denoising step {step_index} of {num_steps}: "
+            f"The diffusion model returned NaN or infinite logits at denoising step {nonfinite} of {num_steps}: "
             "check its weights and dtype (float16 overflows easily; try bfloat16 or float32)."
+        )
+    if invalid >= 0:
+        raise ValueError(
+            f"The logits had no valid distribution at a masked position at denoising step {invalid} of {num_steps} "
+            "(NaN, +inf, or -inf everywhere but the mask token): check the callbacks that edit the logits."
         )
 
 
@@ -171,7 +189,14 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "model"
-    _callback_tensor_inputs = ["logits", "response_tokens", "sequences", "attention_mask", "block_bounds"]
+    _callback_tensor_inputs = [
+        "logits",
+        "response_tokens",
+        "sequences",
+        "attention_mask",
+        "block_bounds",
+        "masked_positions",
+    ]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -657,6 +682,8 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         sequences, attention_mask = self.prepare_sequences(prompt_ids, K, L, mask_token_id, device)
         model_inputs = self.model_inputs(attention_mask)
         start = sequences.shape[1] - L
+        # Random draws on the model's device: a generator elsewhere (a CPU one with a CUDA model) seeds one there.
+        generator = device_generator(generator, device)
         self._sampling = {
             "mask_token_id": mask_token_id,
             "eos_token_id": self.eos_token_id,
@@ -695,9 +722,13 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 device=sequences.device,
             )
 
-        # 4. Denoising loop: the scheduler says which step comes next (it skips the rest of a block that is full)
+        # 4. Denoising loop: the scheduler says which step comes next (it skips the rest of a block that is full).
+        # One host sync per step (the `nonzero` of the masked positions, shared by guidance and the scheduler); the
+        # NaN checks stay on the device until the loop ends.
         frames = [] if output_trajectory else None
         nfe, i = 0, 0
+        first_nonfinite = first_invalid = torch.full((), -1, device=device)
+        self.scheduler.set_begin_index(0)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             while i < len(timesteps):
                 t = timesteps[i]
@@ -709,8 +740,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 nfe += 1
                 logits = logits[:, start - 1 : start - 1 + L] if self.logits_shift else logits[:, start:]
                 logits[..., mask_token_id] = float("-inf")  # guidance and sampling never propose the mask
-                _check_model_logits(logits, i, len(timesteps))
+                first_nonfinite = _first_bad_step(first_nonfinite, ~logits.amax(-1).isfinite().all(), i)
                 response_tokens = sequences[:, start:]
+                positions = self.scheduler.masked_positions(response_tokens, mask_token_id)
                 confidence_logits = logits
                 if callback_on_step_end is not None:
                     available = {
@@ -719,11 +751,17 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                         "sequences": sequences,
                         "attention_mask": attention_mask,
                         "block_bounds": block_bounds,
+                        "masked_positions": positions,
                     }
                     callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     logits = callback_outputs.pop("logits", logits)
-                    response_tokens = callback_outputs.pop("response_tokens", response_tokens)
+                    # guidance that edited the logits in place hands the model's rows at `positions` for ranking
+                    confidence_logits = callback_outputs.pop("confidence_logits", confidence_logits)
+                    edited = callback_outputs.pop("response_tokens", response_tokens)
+                    if edited is not response_tokens:  # the positions are stale: the scheduler finds them again
+                        response_tokens, positions = edited, None
+                        confidence_logits = confidence_logits if confidence_logits.dim() == 3 else logits
                 step_output = self.scheduler.step(
                     logits,
                     t,
@@ -737,7 +775,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                     threshold=threshold,
                     minimal_topk=minimal_topk,
                     generator=generator,
+                    masked_positions=positions,
                 )
+                first_invalid = _first_bad_step(first_invalid, step_output.invalid_rows > 0, i)
                 response_tokens = step_output.prev_sample
                 sequences = torch.cat([sequences[:, :start], response_tokens], dim=1)
                 if frames is not None:
@@ -762,6 +802,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                         last = finished is not None and bool(finished.all())
                 if last:  # nothing left can change any text: no further model calls
                     break
+        _check_lazily(first_nonfinite, first_invalid, len(timesteps))
 
         if blockwise and eos_token_id is not None:
             finished = self.scheduler.finished(sequences[:, start:], mask_token_id, eos_token_id)
