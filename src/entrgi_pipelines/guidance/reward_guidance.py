@@ -285,7 +285,17 @@ class RewardGuidance(PipelineCallback):
         # the current block's masked positions) when they are the rows guidance guides (one block, or the "block"
         # scope), else found here (one more sync).
         shared = callback_kwargs.get("masked_positions")
-        if shared is not None and (one_block or block_scope):
+        logit_columns = None
+        if logits.shape[1] != tokens.shape[1]:
+            # A block-causal model's logits cover each row's current block only, at response positions
+            # `bounds[:, 0] + j` (a first block may begin inside the prompt: negative positions, never masked).
+            shared, end = None, bounds[:, 1]
+            block = bounds[:, :1] + torch.arange(logits.shape[1], device=tokens.device)
+            inside = (block >= 0) & (block < tokens.shape[1])
+            masked = inside & (tokens.gather(1, block.clamp(0, tokens.shape[1] - 1)) == self._call["mask_token_id"])
+            rows, logit_columns = masked.nonzero(as_tuple=True)
+            columns = block[rows, logit_columns]
+        elif shared is not None and (one_block or block_scope):
             rows, columns = shared
         else:
             shared = None
@@ -316,7 +326,7 @@ class RewardGuidance(PipelineCallback):
             row_groups=rows,
             return_fallback=True,
             compile=self.config.compile,
-            index=(rows, columns),
+            index=(rows, columns if logit_columns is None else logit_columns),
         )
         # SMC's "guidance" potential: the reward of the method's input at the last Adam step (it costs nothing more)
         self.guidance_reward = latest[0].detach() if latest else None
@@ -325,7 +335,9 @@ class RewardGuidance(PipelineCallback):
         if shared is None:
             # Rows by index (a mask broadcast over the vocabulary would cost a prefix sum over all N * L * V entries),
             # into a copy: the caller's logits stay the model's, which the scheduler ranks the commits by.
-            callback_kwargs["logits"] = logits.index_put((rows, columns), phi)
+            callback_kwargs["logits"] = logits.index_put(
+                (rows, columns if logit_columns is None else logit_columns), phi
+            )
         else:
             # In place, without an (N, L, V) copy: the scheduler gets the model's own rows at the same positions
             # for its confidence (`confidence_logits`, `(P, V)`), so guidance still changes what is sampled, not where.

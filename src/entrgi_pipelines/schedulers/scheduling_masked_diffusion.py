@@ -603,6 +603,102 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         (`nonzero` sizes them), which a caller can share between guidance and `step(masked_positions=...)`."""
         return self.candidates(sample, mask_token_id).nonzero(as_tuple=True)
 
+    def block_causal_rules(self) -> MaskedDiffusionScheduler:
+        """The scheduler a block-causal model (SDAR, Fast-dLLM v2) decodes with: this one when its confidence or
+        commit schedule was chosen, else a copy with the block-diffusion references' rules (the sampled token's
+        probability as confidence, the even schedule). Threshold and the rest are kept."""
+        config = dict(self.config)
+        if config["confidence"] != "entropy" or config["commit_schedule"] != "time":
+            return self
+        config.update(confidence="maskgit_plus", commit_schedule="even")
+        config.pop("_use_default_values", None)  # else `from_config` puts the defaults back for these two
+        return type(self).from_config(config)
+
+    def step_rows(
+        self,
+        model_output: torch.Tensor,
+        sample: torch.LongTensor,
+        *,
+        step_in_block: torch.LongTensor,
+        masked_at_start: torch.LongTensor,
+        mask_token_id: int,
+        confidence_logits: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> MaskedDiffusionSchedulerOutput | tuple:
+        """
+        One step of block-causal decoding, every row in its own block: samples the block's masked positions and
+        commits the most confident ones.
+
+        Row `r` is at step `step_in_block[r]` of its block's `steps_per_block` (set by `set_timesteps`), and its
+        block had `masked_at_start[r]` masked positions when it began. Its count follows the block-diffusion
+        references (SDAR's `low_confidence_static`): the masked count split evenly over the block's steps, the
+        remainder to the first steps, never more than the positions still masked (so a block that holds the
+        prompt's tail never overwrites it), everything left at the block's last step. With `threshold`
+        (SDAR's `low_confidence_dynamic`) a step commits every candidate whose confidence is above the threshold
+        when they are at least the scheduled count, else the scheduled count. At `temperature=0` the argmax is
+        taken, with the untempered probability as confidence. The mask token is never a candidate.
+
+        Args:
+            model_output (`torch.Tensor` of shape `(N, block, vocab_size)`): each row's logits for its block.
+            sample (`torch.LongTensor` of shape `(N, block)`): each row's block tokens.
+            step_in_block (`torch.LongTensor` of shape `(N,)`): each row's step within its block (from 0).
+            masked_at_start (`torch.LongTensor` of shape `(N,)`): each row's masked count at its block's start.
+            mask_token_id (`int`): the mask id.
+            confidence_logits (`torch.Tensor`, *optional*): logits the confidence is computed from (the unguided
+                ones under guidance), else `model_output`.
+            temperature, top_p, top_k, generator: as in [`~MaskedDiffusionScheduler.step`].
+            threshold (`float`, *optional*): overrides the config's `threshold`.
+            return_dict (`bool`, defaults to `True`): a [`MaskedDiffusionSchedulerOutput`] or a tuple.
+        """
+        if self.steps_per_block is None:
+            raise ValueError("Call `set_timesteps` before `step_rows`.")
+        _check_step_inputs(model_output, sample, mask_token_id, temperature, top_p, top_k)
+        threshold = self.config.threshold if threshold is None else threshold
+        check_decoding_arguments(threshold=threshold, confidence=self.config.confidence)
+        masked = sample == mask_token_id
+        greedy = temperature == 0
+        logits = model_output.float()
+        if not greedy:
+            logits = logits / temperature
+        logits[..., mask_token_id] = float("-inf")
+        if greedy:
+            tokens = logits.argmax(-1)
+        else:
+            flat = logits.reshape(-1, logits.shape[-1])
+            tokens = sample_tokens(flat, top_k=top_k, top_p=top_p, generator=generator).reshape(sample.shape)
+        source = logits if confidence_logits is None else confidence_logits.float()
+        if confidence_logits is not None:
+            if not greedy:
+                source = source / temperature
+            source[..., mask_token_id] = float("-inf")
+        flat_source = source.reshape(-1, source.shape[-1])
+        every = torch.ones_like(masked)  # all positions are rows of `flat_source` (a block is a few tokens)
+        confidence = self._confidence(flat_source, tokens.reshape(-1), every, masked, generator).reshape(sample.shape)
+        confidence = torch.where(masked, confidence.float(), float("-inf"))
+        sampled = torch.where(masked, tokens, sample)
+
+        steps = self.steps_per_block
+        num_masked = masked.sum(-1)
+        base, remainder = masked_at_start // steps, masked_at_start % steps
+        k = torch.minimum(base + (step_in_block < remainder).long(), num_masked)
+        k = torch.where(step_in_block >= steps - 1, num_masked, k)
+        if threshold is not None:
+            above = (self._threshold_scale(confidence, masked) > threshold) & masked
+            k = torch.where(above.sum(-1) >= k, above.sum(-1), k)
+        ranks = confidence.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+        commit = masked & (ranks < k[:, None])
+        prev_sample = torch.where(commit, sampled, sample)
+        if not return_dict:
+            return prev_sample, sampled, commit, confidence
+        return MaskedDiffusionSchedulerOutput(
+            prev_sample=prev_sample, sampled_tokens=sampled, commit_mask=commit, confidence=confidence
+        )
+
     def finished(self, sample: torch.LongTensor, mask_token_id: int, eos_token_id: int | None) -> torch.BoolTensor:
         """Per row of `sample` `(N, L)`: whether its first end-of-sequence token is committed and no position
         before it is masked (nothing later can change its text)."""

@@ -18,6 +18,7 @@ from ...guidance.entrgi import GUIDANCE_METHODS
 from ...guidance.resampling import ParticleResampler, check_resampling_arguments
 from ...guidance.reward_guidance import RewardGuidance
 from ...guidance.rewards import visible_before_eos
+from ...models import BlockKVCache
 from ...pipelines.hub_utils import HubPipelineMixin
 from ...schedulers.scheduling_masked_diffusion import (
     MaskedDiffusionScheduler,
@@ -36,6 +37,11 @@ from ...validation import (
 # What the reward model sees with blocks: every masked position ("response") or the response up to the current
 # block's end, only the current block guided ("block").
 GUIDANCE_SCOPES = ("block", "response")
+# `kv_cache=`: "auto" (the exact prefix cache for block-causal models, none for full-attention ones), "prefix" and
+# "dual" (Fast-dLLM's approximate caches for full-attention models), None (no cache).
+KV_CACHE_MODES = ("auto", "prefix", "dual")
+# Model types decoded block by block against an exact key/value cache (native classes in `models/`).
+BLOCK_CAUSAL_MODEL_TYPES = ("sdar", "Fast_dLLM_Qwen")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -74,6 +80,8 @@ class EntRGiPipelineOutput(BaseOutput):
             filling may follow it with blocks); only with `output_trajectory=True`.
         nfe (`int`): the number of forward calls of the diffusion model that the call made (fewer than
             `num_inference_steps` when threshold decoding ends blocks early or every response has ended).
+        row_nfe (`torch.LongTensor` of shape `(B, K)` or `None`): for block-causal models, whose rows advance on
+            their own, the dLLM forward calls each sample took part in (its prefill, steps and block commits).
         resample_steps (`list[int]` or `None`): with `resample="smc"`, the steps at which the samples were weighed,
             as counts of denoising steps taken (1 = after the first); the last entry is the end of the call.
         ess (`torch.Tensor` of shape `(len(resample_steps), B)` or `None`): each prompt's effective sample size
@@ -91,6 +99,7 @@ class EntRGiPipelineOutput(BaseOutput):
     sequences: torch.LongTensor
     trajectory: torch.LongTensor | None = None
     nfe: int | None = None
+    row_nfe: torch.LongTensor | None = None
     resample_steps: list[int] | None = None
     ess: torch.Tensor | None = None
     resampled: list[list[bool]] | None = None
@@ -276,6 +285,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         threshold: float | None,
         minimal_topk: int | None,
         mask_token_id: int | None,
+        kv_cache: str | None,
         resample: str,
         resample_every: int,
         resample_ess: float,
@@ -312,12 +322,14 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         config = self.scheduler.config
         check_decoding_arguments(
             block_length=config.block_length if block_length is None else block_length,
-            gen_length=gen_length,
+            # a block-causal model decodes whole blocks and cuts the response to `gen_length`
+            gen_length=None if self.block_causal else gen_length,
             num_inference_steps=num_inference_steps,
             threshold=config.threshold if threshold is None else threshold,
             minimal_topk=config.minimal_topk if minimal_topk is None else minimal_topk,
             confidence=config.confidence,
         )
+        self._check_cache_and_blocks(kv_cache, block_length, guidance_scope, resample, gen_length, num_inference_steps)
         mask_id = self.resolve_mask_token_id(mask_token_id)
         if mask_id is None:
             raise ValueError(
@@ -386,6 +398,52 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                     f"(guidance={method!r}, guidance_steps={steps}): pass `potential='hard'`, or guide."
                 )
 
+    def _check_cache_and_blocks(
+        self, kv_cache, block_length, guidance_scope, resample, gen_length, num_inference_steps
+    ) -> None:
+        """`kv_cache` and the settings a block-causal model constrains."""
+        check_choice("kv_cache", kv_cache, KV_CACHE_MODES, none_ok=True)
+        if not self.block_causal:
+            if kv_cache in ("prefix", "dual"):
+                raise NotImplementedError(
+                    f"`kv_cache={kv_cache!r}` (Fast-dLLM's approximate caches for full-attention models) is not "
+                    "implemented yet: use `kv_cache='auto'` or None (no cache) with this model."
+                )
+            return
+        size = getattr(self.model.config, "block_size", None)
+        if size is None:
+            raise ValueError(
+                "This block-diffusion model's config has no block size: set `pipe.model.config.block_size` (4 for "
+                "SDAR and TraDo, 32 for Fast-dLLM v2)."
+            )
+        if kv_cache == "dual":
+            raise ValueError(
+                "`kv_cache='dual'` caches the masked suffix of a full-attention model; a block-causal model never "
+                "attends to later blocks, so its exact cache is `kv_cache='auto'` (or 'prefix'); None turns it off."
+            )
+        block = self.scheduler.config.block_length if block_length is None else block_length
+        if block is not None and block != size:
+            raise ValueError(
+                f"`block_length` ({block}) must be the model's block size ({size}), which it was trained with: drop "
+                f"`block_length` (the model's is used) or pass {size}."
+            )
+        num_blocks = -(-gen_length // size)
+        if num_inference_steps % num_blocks:
+            raise ValueError(
+                f"`num_inference_steps` ({num_inference_steps}) must be divisible by the number of blocks of "
+                f"{size} tokens that `gen_length` ({gen_length}) needs ({num_blocks}): pass a multiple of {num_blocks}."
+            )
+        if guidance_scope == "response":
+            raise ValueError(
+                "`guidance_scope='response'` needs logits at every masked position, and a block-causal model has "
+                "logits only for its current block: use `guidance_scope='block'` (its default) or None."
+            )
+        if resample != "none":
+            raise NotImplementedError(
+                "`resample='smc'` is not implemented yet for block-causal models, whose rows advance on their own: "
+                "use `resample='none'`."
+            )
+
     def _check_prompt_inputs(self, prompt, messages, input_ids) -> int:
         """Checks the one prompt input given; returns the number of prompts."""
         if prompt is not None:
@@ -421,6 +479,182 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 f"[{low}, {high}]."
             )
         return input_ids.shape[0]
+
+    @property
+    def block_causal(self) -> bool:
+        """Whether the model is a block-diffusion model (SDAR, TraDo, Fast-dLLM v2): attention full inside a block of
+        `config.block_size` tokens and causal across blocks, so the committed prefix's keys and values are exact to
+        cache."""
+        return str(getattr(self.model.config, "model_type", "")) in BLOCK_CAUSAL_MODEL_TYPES
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """End-of-sequence ids: the tokenizer's and those of the model's `generation_config` (an id or a list)."""
+        ids = [self.eos_token_id]
+        generation = getattr(self.model, "generation_config", None)
+        configured = getattr(generation, "eos_token_id", None)
+        ids += configured if isinstance(configured, (list, tuple)) else [configured]
+        return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+    def _decode_block_causal(
+        self,
+        prompt_ids: list[list[int]],
+        num_samples_per_prompt: int,
+        gen_length: int,
+        mask_token_id: int,
+        *,
+        num_inference_steps: int,
+        kv_cache: str | None,
+        temperature: float,
+        top_p: float | None,
+        top_k: int | None,
+        threshold: float | None,
+        generator: torch.Generator | None,
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: list[str],
+        frames: list | None,
+    ) -> tuple[torch.LongTensor, int, torch.LongTensor]:
+        """Block-diffusion decoding as the models' references do it, every row on its own.
+
+        Each row's blocks are aligned from its first token (the prompt's tail is the frozen head of its first block)
+        and decoded left to right: the prompt's complete blocks are prefilled into a [`BlockKVCache`], each step runs
+        only the rows' current blocks against it, and a finished block is committed with one forward that writes it.
+        A row moves to its next block when its block is full and stops after the block that holds its first stop id
+        (or its last block); finished rows leave the batch. Returns the responses `(N, gen_length)`, the number of
+        dLLM forward calls, and each row's.
+        """
+        device = self._execution_device
+        scheduler = self.scheduler.block_causal_rules()
+        b, shift = int(self.model.config.block_size), int(self.logits_shift)
+        num_blocks = -(-gen_length // b)
+        scheduler.set_timesteps(num_inference_steps, device=device, gen_length=num_blocks * b, block_length=b)
+        self._num_timesteps = scheduler.steps_per_block * num_blocks
+        K = num_samples_per_prompt
+        lengths = torch.tensor([len(ids) for ids in prompt_ids]).repeat_interleave(K).to(device)
+        ends = (lengths + gen_length + b - 1) // b * b  # whole blocks, cut to gen_length at the end
+        width = int(ends.max())
+        tokens = torch.full((len(lengths), width), mask_token_id, dtype=torch.long)
+        for row, ids in enumerate(prompt_ids):
+            tokens[row * K : (row + 1) * K, : len(ids)] = torch.tensor(ids)
+        tokens = tokens.to(device)
+        stops = torch.tensor(self.stop_token_ids, dtype=torch.long).to(device)
+        offsets = torch.arange(b, device=device)
+        window = torch.arange(b + shift, device=device) - shift  # a shifted model re-reads the last committed token
+
+        start = lengths // b * b  # each row's current block
+        step_in_block = torch.zeros_like(lengths)
+        masked_at_start = (tokens.gather(1, start[:, None] + offsets) == mask_token_id).sum(-1)
+        active = torch.arange(len(lengths), device=device)
+        row_nfe = torch.zeros_like(lengths)
+        nfe = 0
+        cache = BlockKVCache(max_length=width) if kv_cache is not None else None
+        if cache is not None and int(start.max()) > 0:  # prefill the prompts' complete blocks
+            prefix = int(start.max())
+            positions = torch.arange(prefix, device=device).expand(len(lengths), prefix)
+            self.model(
+                tokens[:, :prefix],
+                position_ids=positions,
+                attention_mask=(positions < start[:, None]).long(),
+                past_key_values=cache,
+                use_cache=True,
+                store_kv=True,
+            )
+            nfe += 1
+            row_nfe += start > 0
+
+        def forward(rows: torch.LongTensor, commit: torch.BoolTensor | None = None) -> torch.Tensor:
+            """Logits `(A, b, V)` of the rows' current blocks; with `commit`, the committing rows' blocks are
+            written to the cache instead (no logits needed)."""
+            if cache is None:
+                logits = self.model(tokens[rows]).logits
+                index = (start[rows, None] + offsets - shift).clamp(min=0)
+                return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
+            positions = start[rows, None] + window
+            valid = positions >= 0
+            if commit is not None:
+                valid = valid & commit[:, None]
+            positions = positions.clamp(min=0)
+            out = self.model(
+                tokens[rows].gather(1, positions),
+                position_ids=positions,
+                attention_mask=valid.long(),
+                past_key_values=cache,
+                use_cache=True,
+                store_kv=commit is not None,
+            )
+            return out.logits[:, :b]
+
+        step = 0
+        with self.progress_bar(total=self._num_timesteps) as progress_bar:
+            while active.numel():
+                logits = forward(active)
+                nfe += 1
+                row_nfe[active] += 1
+                logits[..., mask_token_id] = float("-inf")  # guidance and sampling never propose the mask
+                columns = start[active, None] + offsets
+                block = tokens[active].gather(1, columns)
+                confidence_logits = logits
+                if callback_on_step_end is not None:
+                    response = lengths[active, None] + torch.arange(gen_length, device=device)
+                    available = {
+                        "logits": logits,
+                        "response_tokens": tokens[active].gather(1, response.clamp(max=width - 1)),
+                        "sequences": tokens[active],
+                        "attention_mask": torch.ones_like(tokens[active]),
+                        "block_bounds": torch.stack([start[active], start[active] + b], -1) - lengths[active, None],
+                    }
+                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs if k in available}
+                    outputs = callback_on_step_end(self, step, scheduler.timesteps[0], callback_kwargs)
+                    logits = outputs.pop("logits", logits)
+                step_output = scheduler.step_rows(
+                    logits,
+                    block,
+                    step_in_block=step_in_block[active],
+                    masked_at_start=masked_at_start[active],
+                    mask_token_id=mask_token_id,
+                    confidence_logits=confidence_logits,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    threshold=threshold,
+                    generator=generator,
+                )
+                block = step_output.prev_sample
+                tokens[active[:, None], columns] = block
+                step_in_block[active] += 1
+                if frames is not None:
+                    frames.append(tokens.gather(1, lengths[:, None] + torch.arange(gen_length, device=device)))
+                full = (block != mask_token_id).all(-1)
+                in_response = columns >= lengths[active, None]
+                stopped = (torch.isin(block, stops) & in_response).any(-1) | (columns[:, -1] + 1 >= ends[active])
+                done = full & stopped
+                # the step's one host sync: which rows commit their block, and which of them are finished
+                any_full, any_done = torch.stack([full.any(), done.any()]).tolist()
+                if any_full and cache is not None:
+                    forward(active, commit=full)
+                    nfe += 1
+                    row_nfe[active[full]] += 1
+                if any_full:
+                    moved = active[full & ~done]
+                    start[moved] += b
+                    step_in_block[moved] = 0
+                    next_block = tokens[moved].gather(1, start[moved, None] + offsets)
+                    masked_at_start[moved] = (next_block == mask_token_id).sum(-1)
+                if any_done:
+                    keep = ~done
+                    active = active[keep]
+                    if cache is not None:
+                        cache.select_rows(keep.nonzero().squeeze(1))
+                step += 1
+                progress_bar.update()
+
+        responses = tokens.gather(1, lengths[:, None] + torch.arange(gen_length, device=device))
+        eos = self.eos_token_id
+        if eos is not None:  # after a row's first stop id, end-of-sequence (nothing there was decoded)
+            after = torch.isin(responses, stops).int().cumsum(-1) > 0
+            first = torch.isin(responses, stops) & (after.int().cumsum(-1) == 1)
+            responses = torch.where(after & ~first, eos, responses)
+        return responses, nfe, row_nfe
 
     def _reward_guidance(self, reward_model, reward_tokenizer, reward_template, **settings) -> RewardGuidance:
         """The [`RewardGuidance`] of a call with `reward_model=`: the previous call's when it had the same reward
@@ -515,6 +749,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         threshold: float | None = None,
         minimal_topk: int | None = None,
         mask_token_id: int | None = None,
+        kv_cache: str | None = "auto",
         resample: str = "none",
         resample_every: int = 4,
         resample_ess: float = 0.5,
@@ -639,6 +874,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             threshold=threshold,
             minimal_topk=minimal_topk,
             mask_token_id=mask_token_id,
+            kv_cache=kv_cache,
             resample=resample,
             resample_every=resample_every,
             resample_ess=resample_ess,
@@ -691,7 +927,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             "top_p": top_p,
             "top_k": top_k,
             "generator": generator,
-            "guidance_scope": guidance_scope or "response",
+            "guidance_scope": guidance_scope or ("block" if self.block_causal else "response"),
         }
         if scorer is not None:
             callback_on_step_end = _guidance_first(scorer, callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -705,6 +941,38 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 settings=self._sampling,
             )
         scorer = scorer or (guidances[0] if guidances else None)
+        if self.block_causal:  # block by block against an exact key/value cache, every row on its own
+            frames = [] if output_trajectory else None
+            responses, nfe, row_nfe = self._decode_block_causal(
+                prompt_ids,
+                K,
+                L,
+                mask_token_id,
+                num_inference_steps=num_inference_steps,
+                kv_cache=kv_cache,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                threshold=threshold,
+                generator=generator,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                frames=frames,
+            )
+            return self._outputs(
+                responses,
+                nfe,
+                frames,
+                scorer,
+                None,
+                guidances,
+                len(prompt_ids),
+                K,
+                L,
+                return_dict,
+                output_trajectory,
+                row_nfe,
+            )
         self.scheduler.set_timesteps(num_inference_steps, device=device, gen_length=L, block_length=block_length)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -809,7 +1077,27 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             sequences[:, start:] = self.scheduler.fill_after_eos(sequences[:, start:], finished, eos_token_id)
 
         # 5. Decode and score on the discrete tokens
-        responses = sequences[:, start:]
+        return self._outputs(
+            sequences[:, start:], nfe, frames, scorer, resampler, guidances, B, K, L, return_dict, output_trajectory
+        )
+
+    def _outputs(
+        self,
+        responses: torch.LongTensor,
+        nfe: int,
+        frames: list | None,
+        scorer: RewardGuidance | None,
+        resampler: ParticleResampler | None,
+        guidances: list[RewardGuidance],
+        B: int,
+        K: int,
+        L: int,
+        return_dict: bool,
+        output_trajectory: bool,
+        row_nfe: torch.LongTensor | None = None,
+    ) -> EntRGiPipelineOutput | tuple:
+        """Step 5 of a call: decode the responses `(B*K, L)`, score them on their discrete tokens, pick the best."""
+        mask_token_id = self._sampling["mask_token_id"]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else mask_token_id
         visible = visible_before_eos(responses, self.eos_token_id)
         texts = [
@@ -849,6 +1137,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             sequences=sequences_out,
             trajectory=trajectory,
             nfe=nfe,
+            row_nfe=row_nfe.reshape(B, K).cpu() if row_nfe is not None else None,
             resample_steps=resampler.steps if resampler is not None else None,
             ess=resampler.ess if resampler is not None else None,
             resampled=resampler.resampled if resampler is not None else None,
