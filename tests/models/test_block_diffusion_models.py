@@ -591,6 +591,8 @@ def test_bad_settings_are_refused_with_the_argument_named(checkpoint):
         model(ids, output_attentions=True)
     with pytest.raises(ValueError, match="max_length"):
         BlockKVCache(max_length=0)
+    with torch.no_grad(), pytest.raises(ValueError, match="max_length"):
+        model(ids, past_key_values=BlockKVCache(max_length=3), store_kv=True)
     cache = BlockKVCache()
     with torch.no_grad():
         model(ids, past_key_values=cache, store_kv=True)
