@@ -233,7 +233,8 @@ def reference_logits(config: dict, tensors: dict, ids, positions=None, key_mask=
     block = config.get("block_size") or config.get("bd_size")
     allowed = (positions[:, None, :] // block <= positions[:, :, None] // block) & key_mask[:, None, :]
     allowed = (allowed | torch.eye(seq, dtype=torch.bool))[:, None]
-    heads, kv_heads, head, eps = config["num_attention_heads"], config["num_key_value_heads"], _head_dim(config), 1e-6
+    heads, kv_heads, head = config["num_attention_heads"], config["num_key_value_heads"], _head_dim(config)
+    eps = config["rms_norm_eps"]
     sdar = config["model_type"] == "sdar"
 
     def proj(x, name, i, n):
@@ -352,6 +353,34 @@ def test_uncached_forward_matches_the_block_causal_reference(checkpoint, seq):
         logits = model(ids).logits
     assert logits.shape == (2, seq, VOCAB) and logits.dtype == torch.float32
     torch.testing.assert_close(logits.double(), reference_logits(config, tensors, ids), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("base", ["qwen3", "llama"])
+def test_blocks_of_one_token_are_transformers_autoregressive_base_model(base):
+    """With `block_size=1` the block-causal mask is the causal mask: SDAR is then Qwen3ForCausalLM, and a Llama
+    (SmolLM2's geometry: 9 query and 3 key/value heads, eps 1e-5, tied) stored as Fast-dLLM with zero q/k/v biases is
+    LlamaForCausalLM, logit for logit."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    shape = dict(vocab_size=VOCAB, intermediate_size=64, num_hidden_layers=2, rope_theta=100000.0)
+    torch.manual_seed(0)
+    if base == "qwen3":
+        shape |= dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+        reference = Qwen3ForCausalLM(Qwen3Config(**shape)).eval()
+        native = SDARForCausalLM(SDARConfig(block_size=1, **shape)).eval()
+        state = reference.state_dict()
+    else:
+        shape |= dict(hidden_size=36, num_attention_heads=9, num_key_value_heads=3, rms_norm_eps=1e-5)
+        reference = LlamaForCausalLM(LlamaConfig(tie_word_embeddings=True, **shape)).eval()
+        native = Fast_dLLM_QwenForCausalLM(Fast_dLLM_QwenConfig(bd_size=1, tie_word_embeddings=True, **shape)).eval()
+        state = dict(reference.state_dict())
+        for name, param in native.state_dict().items():
+            if name.endswith("_proj.bias"):
+                state[name] = torch.zeros_like(param)
+    assert not native.load_state_dict(state, strict=False).missing_keys
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(native(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
 
 
 def test_the_mask_is_block_causal_not_causal_nor_bidirectional(checkpoint):
