@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -27,6 +28,7 @@ from entrgi_pipelines.models import (
     SDARForCausalLM,
     use_repository_code,
 )
+from entrgi_pipelines.pipelines.hub_utils import add_to_hub_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB, MASK = 64, 63
@@ -296,6 +298,22 @@ def test_config_exposes_block_size_logits_shift_and_mask_token(checkpoint, famil
     if family == "fast_dllm":
         loaded.block_size = 8  # one name for every block-diffusion model, the published field underneath
         assert loaded.bd_size == 8 and "block_size" not in loaded.to_dict()
+
+
+def test_loads_by_repo_id_from_a_hub_cache(checkpoint, family, tmp_path, monkeypatch):
+    folder = checkpoint[0]
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo_id = {"sdar": "JetLM/SDAR-tiny-test", "fast_dllm": "Efficient-Large-Model/Fast_dLLM-tiny-test"}[family]
+    add_to_hub_cache(folder, repo_id, cache_dir=cache)
+    model = load(repo_id, cache_dir=cache)
+    assert type(model) is FAMILIES[family][1]
+    ids = random_ids(1, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, load(folder)(ids).logits, atol=0, rtol=0)
 
 
 def test_import_registers_the_classes_in_a_fresh_process(tmp_path):
