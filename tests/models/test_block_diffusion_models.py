@@ -350,6 +350,8 @@ def test_save_pretrained_writes_the_published_names_back(checkpoint, family, tmp
     saved = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert saved["model_type"] == config["model_type"] and "auto_map" not in saved
     assert saved.get("block_size", saved.get("bd_size")) == 4
+    # RoPE as published (transformers 4 reads only these; transformers 5 adds `rope_parameters`)
+    assert saved["rope_theta"] == config["rope_theta"] and saved["rope_scaling"] is None
     again = load(tmp_path / "saved")
     assert sorted(again.state_dict()) == sorted(model.state_dict())
     ids = random_ids(1, 9)
