@@ -600,9 +600,19 @@ def test_dynamic_cache_as_the_sdar_reference_uses_it(checkpoint):
         model(ids[:, :8], past_key_values=cache, use_cache=True, store_kv=True)
         read = model(ids[:, 8:], past_key_values=cache, use_cache=True, store_kv=False).logits
         assert cache.get_seq_length() == 8
+        # the reference's own inputs: a float pairwise mask over cached + current tokens, and the position ids
+        blocks = torch.tril(torch.ones(3, 3)).repeat_interleave(4, 0).repeat_interleave(4, 1)[None, None]
+        explicit = model(
+            ids[:, 8:],
+            attention_mask=blocks[:, :, 8:12, :12],
+            position_ids=torch.arange(8, 12)[None],
+            past_key_values=cache,
+            store_kv=False,
+        ).logits
         model(ids[:, 8:], past_key_values=cache, use_cache=True, store_kv=True)
         assert cache.get_seq_length() == 12
     torch.testing.assert_close(read, full[:, 8:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(explicit, read, atol=1e-6, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
