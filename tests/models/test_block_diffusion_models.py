@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -27,6 +28,7 @@ from entrgi_pipelines.models import (
     SDARForCausalLM,
     use_repository_code,
 )
+from entrgi_pipelines.pipelines.hub_utils import add_to_hub_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB, MASK = 64, 63
@@ -233,7 +235,8 @@ def reference_logits(config: dict, tensors: dict, ids, positions=None, key_mask=
     block = config.get("block_size") or config.get("bd_size")
     allowed = (positions[:, None, :] // block <= positions[:, :, None] // block) & key_mask[:, None, :]
     allowed = (allowed | torch.eye(seq, dtype=torch.bool))[:, None]
-    heads, kv_heads, head, eps = config["num_attention_heads"], config["num_key_value_heads"], _head_dim(config), 1e-6
+    heads, kv_heads, head = config["num_attention_heads"], config["num_key_value_heads"], _head_dim(config)
+    eps = config["rms_norm_eps"]
     sdar = config["model_type"] == "sdar"
 
     def proj(x, name, i, n):
@@ -297,6 +300,22 @@ def test_config_exposes_block_size_logits_shift_and_mask_token(checkpoint, famil
         assert loaded.bd_size == 8 and "block_size" not in loaded.to_dict()
 
 
+def test_loads_by_repo_id_from_a_hub_cache(checkpoint, family, tmp_path, monkeypatch):
+    folder = checkpoint[0]
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo_id = {"sdar": "JetLM/SDAR-tiny-test", "fast_dllm": "Efficient-Large-Model/Fast_dLLM-tiny-test"}[family]
+    add_to_hub_cache(folder, repo_id, cache_dir=cache)
+    model = load(repo_id, cache_dir=cache)
+    assert type(model) is FAMILIES[family][1]
+    ids = random_ids(1, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, load(folder)(ids).logits, atol=0, rtol=0)
+
+
 def test_import_registers_the_classes_in_a_fresh_process(tmp_path):
     folders = {}
     for name, (config_fn, _) in FAMILIES.items():
@@ -331,6 +350,8 @@ def test_save_pretrained_writes_the_published_names_back(checkpoint, family, tmp
     saved = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert saved["model_type"] == config["model_type"] and "auto_map" not in saved
     assert saved.get("block_size", saved.get("bd_size")) == 4
+    # RoPE as published (transformers 4 reads only these; transformers 5 adds `rope_parameters`)
+    assert saved["rope_theta"] == config["rope_theta"] and saved["rope_scaling"] is None
     again = load(tmp_path / "saved")
     assert sorted(again.state_dict()) == sorted(model.state_dict())
     ids = random_ids(1, 9)
@@ -352,6 +373,34 @@ def test_uncached_forward_matches_the_block_causal_reference(checkpoint, seq):
         logits = model(ids).logits
     assert logits.shape == (2, seq, VOCAB) and logits.dtype == torch.float32
     torch.testing.assert_close(logits.double(), reference_logits(config, tensors, ids), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("base", ["qwen3", "llama"])
+def test_blocks_of_one_token_are_transformers_autoregressive_base_model(base):
+    """With `block_size=1` the block-causal mask is the causal mask: SDAR is then Qwen3ForCausalLM, and a Llama
+    (SmolLM2's geometry: 9 query and 3 key/value heads, eps 1e-5, tied) stored as Fast-dLLM with zero q/k/v biases is
+    LlamaForCausalLM, logit for logit."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    shape = dict(vocab_size=VOCAB, intermediate_size=64, num_hidden_layers=2, rope_theta=100000.0)
+    torch.manual_seed(0)
+    if base == "qwen3":
+        shape |= dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+        reference = Qwen3ForCausalLM(Qwen3Config(**shape)).eval()
+        native = SDARForCausalLM(SDARConfig(block_size=1, **shape)).eval()
+        state = reference.state_dict()
+    else:
+        shape |= dict(hidden_size=36, num_attention_heads=9, num_key_value_heads=3, rms_norm_eps=1e-5)
+        reference = LlamaForCausalLM(LlamaConfig(tie_word_embeddings=True, **shape)).eval()
+        native = Fast_dLLM_QwenForCausalLM(Fast_dLLM_QwenConfig(bd_size=1, tie_word_embeddings=True, **shape)).eval()
+        state = dict(reference.state_dict())
+        for name, param in native.state_dict().items():
+            if name.endswith("_proj.bias"):
+                state[name] = torch.zeros_like(param)
+    assert not native.load_state_dict(state, strict=False).missing_keys
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(native(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
 
 
 def test_the_mask_is_block_causal_not_causal_nor_bidirectional(checkpoint):
@@ -551,9 +600,19 @@ def test_dynamic_cache_as_the_sdar_reference_uses_it(checkpoint):
         model(ids[:, :8], past_key_values=cache, use_cache=True, store_kv=True)
         read = model(ids[:, 8:], past_key_values=cache, use_cache=True, store_kv=False).logits
         assert cache.get_seq_length() == 8
+        # the reference's own inputs: a float pairwise mask over cached + current tokens, and the position ids
+        blocks = torch.tril(torch.ones(3, 3)).repeat_interleave(4, 0).repeat_interleave(4, 1)[None, None]
+        explicit = model(
+            ids[:, 8:],
+            attention_mask=blocks[:, :, 8:12, :12],
+            position_ids=torch.arange(8, 12)[None],
+            past_key_values=cache,
+            store_kv=False,
+        ).logits
         model(ids[:, 8:], past_key_values=cache, use_cache=True, store_kv=True)
         assert cache.get_seq_length() == 12
     torch.testing.assert_close(read, full[:, 8:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(explicit, read, atol=1e-6, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -591,6 +650,8 @@ def test_bad_settings_are_refused_with_the_argument_named(checkpoint):
         model(ids, output_attentions=True)
     with pytest.raises(ValueError, match="max_length"):
         BlockKVCache(max_length=0)
+    with torch.no_grad(), pytest.raises(ValueError, match="max_length"):
+        model(ids, past_key_values=BlockKVCache(max_length=3), store_kv=True)
     cache = BlockKVCache()
     with torch.no_grad():
         model(ids, past_key_values=cache, store_kv=True)

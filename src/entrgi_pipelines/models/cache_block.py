@@ -158,6 +158,15 @@ class BlockKVCache(Cache):
             needed = int(torch.where(valid, position_ids, -1).max()) + 1
             if needed > self._slots:
                 self._grow(needed)
+        elif store:
+            beyond = (valid & (position_ids >= self.max_length)).any()
+            if position_ids.device.type == "cpu" and bool(beyond):
+                raise ValueError(
+                    f"A position to commit is at or beyond the cache's `max_length` ({self.max_length}): allocate "
+                    "`BlockKVCache(max_length=...)` for the longest sequence, or leave it unset to grow."
+                )
+            if position_ids.device.type != "cpu":
+                torch._assert_async(~beyond)  # checked on the device, without waiting for it
         # Slots before the first valid input position; the input supersedes the rest.
         first = torch.where(valid, position_ids, torch.iinfo(torch.long).max).amin(dim=1)
         visible = self.written & (torch.arange(self._slots + 1, device=device) < first[:, None])

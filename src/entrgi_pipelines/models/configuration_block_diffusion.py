@@ -28,6 +28,13 @@ class _PublishedFileMixin:
         # A checkpoint saved by the native class holds no repository code: an `auto_map` read from the published
         # config.json would point at modeling files the saved folder lacks.
         output.pop("auto_map", None)
+        # transformers 5 writes RoPE as `rope_parameters` only; the published files (and transformers 4, which reads
+        # no `rope_parameters` and would fall back to a base of 10000) have `rope_theta` and `rope_scaling`.
+        rope = output.get("rope_parameters")
+        if isinstance(rope, dict) and "rope_theta" in rope:
+            output.setdefault("rope_theta", rope["rope_theta"])
+            scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+            output.setdefault("rope_scaling", None if scaling.get("rope_type", "default") == "default" else scaling)
         return output
 
 
