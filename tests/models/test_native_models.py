@@ -130,6 +130,62 @@ def test_auto_model_loads_the_published_names_and_matches_the_reference(family, 
     torch.testing.assert_close(logits.double(), expected, atol=1e-4, rtol=0)
 
 
+def unscaled_rope_form(config: dict, form: str) -> dict:
+    """`config` with its unscaled RoPE written another way: as transformers 5 saves the published config class
+    (`rope_parameters` next to `rope_theta`, no `rope_scaling`), with `rope_parameters` only (the one `rope_theta`
+    is there), or with a legacy `rope_scaling` of type "default"."""
+    theta = config["rope_theta"]
+    rest = {k: v for k, v in config.items() if k != "rope_scaling"}
+    if form == "saved_by_transformers_5":
+        return {
+            **rest,
+            "rope_parameters": {"rope_theta": theta, "rope_type": "default"},
+            "transformers_version": "5.25.0",
+        }
+    if form == "rope_parameters_only":
+        rest.pop("rope_theta")
+        return {**rest, "rope_parameters": {"rope_type": "default", "rope_theta": theta}}
+    return {**config, "rope_scaling": {"type": "default"}}
+
+
+@pytest.mark.parametrize("form", ["saved_by_transformers_5", "rope_parameters_only", "legacy_rope_scaling"])
+def test_unscaled_rope_parameters_load_with_the_logits_of_rope_theta(
+    family, checkpoint, chat_tokenizer, tmp_path, form
+):
+    folder, config, tensors = checkpoint
+    ids = torch.tensor(chat_tokenizer(PROMPTS[1:])["input_ids"])
+    with torch.no_grad():
+        expected = load(folder)(ids).logits
+        variant = load(official.write_checkpoint(tmp_path / form, unscaled_rope_form(config, form), tensors))
+        assert torch.equal(variant(ids).logits, expected)
+        # the base matters at this length: the config fields' default one (10000) gives other logits
+        default_base = {**config, "rope_theta": 10000.0}
+        other = load(official.write_checkpoint(tmp_path / "default_base", default_base, tensors))(ids).logits
+    assert not torch.allclose(other, expected, atol=1e-3)
+    variant.save_pretrained(tmp_path / "saved")  # and it saves in a form that loads the same
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "saved")(ids).logits, expected)
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+        {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}},
+        {"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}},
+    ],
+    ids=["rope_scaling_linear", "rope_parameters_yarn", "rope_parameters_partial"],
+)
+def test_scaled_rope_is_refused_with_the_setting_named(family, checkpoint, tmp_path, rope):
+    folder, config, _ = checkpoint
+    rope = {name: {**value, "rope_theta": config["rope_theta"]} for name, value in rope.items()}
+    (tmp_path / "scaled").mkdir()
+    (tmp_path / "scaled" / "config.json").write_text(json.dumps({**config, **rope}))
+    rope_type = next(iter(rope.values()))["rope_type"]
+    with pytest.raises(ValueError, match=rf"RoPE scaling .*{rope_type}.* not supported by the native"):
+        AutoModel.from_config(AutoConfig.from_pretrained(tmp_path / "scaled"))
+
+
 def test_grouped_query_and_tied_variants_match_the_reference(family, chat_tokenizer, tmp_path):
     vocab, mask, pad = len(chat_tokenizer), chat_tokenizer.mask_token_id, chat_tokenizer.pad_token_id
     if family.name == "dream":
@@ -362,8 +418,8 @@ def test_pipeline_with_a_native_model_saves_and_loads(family, checkpoint, chat_t
 def test_unsupported_architectures_and_arguments_are_refused(family, checkpoint, chat_tokenizer, tmp_path):
     folder, config, _ = checkpoint
     if family.name == "dream":
-        bad = {**config, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
-        field = "rope_scaling"
+        bad = {**config, "num_key_value_heads": 3}
+        field = "num_key_value_heads"
     else:
         bad = {**config, "block_type": "sequential"}
         field = "block_type"
