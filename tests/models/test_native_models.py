@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers
 from safetensors import safe_open
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, Qwen2TokenizerFast
 
 from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler
@@ -306,6 +307,44 @@ def test_left_padding_is_invisible_with_the_pipelines_inputs(family, checkpoint,
     expected = family.reference(config, tensors, ids, key_mask=mask, positions=inputs["position_ids"])
     real = mask.bool()
     torch.testing.assert_close(padded[real].double(), expected[real], atol=1e-4, rtol=0)
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops that would make the host wait for a device: reading a value back (`.item()`, `bool()` of a
+    tensor: `_local_scalar_dense`) and outputs sized by values (`nonzero`, `masked_select`, boolean indexing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        aten = torch.ops.aten
+        boolean_index = func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if func in (aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default):
+            self.seen.append(str(func))
+        elif boolean_index:
+            self.seen.append("boolean indexing")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "2d_no_padding", "2d", "pairwise", "additive"])
+def test_the_forward_pass_never_waits_for_the_device(family, checkpoint, chat_tokenizer, mask_kind):
+    """No host sync per forward pass, whatever the mask (an all-True mask is not dropped by reading it back)."""
+    model = load(checkpoint[0])
+    ids, mask, _ = left_padded(chat_tokenizer, PROMPTS)
+    valid = mask.bool()
+    pairwise = valid[:, None, :, None] & valid[:, None, None, :]
+    masks = {
+        "none": None,
+        "2d_no_padding": torch.ones_like(mask),
+        "2d": mask,
+        "pairwise": pairwise,
+        "additive": torch.zeros(pairwise.shape).masked_fill(~pairwise, torch.finfo(torch.float32).min),
+    }
+    with torch.no_grad(), HostReads() as reads:
+        logits = model(ids, attention_mask=masks[mask_kind]).logits
+    assert reads.seen == []
+    assert logits.shape[:2] == ids.shape
 
 
 def test_logits_are_differentiable_to_inputs_embeds_and_padding_gets_no_gradient(family, checkpoint, chat_tokenizer):
