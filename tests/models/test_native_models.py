@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers
 from safetensors import safe_open
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, Qwen2TokenizerFast
 
 from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler
@@ -128,6 +129,62 @@ def test_auto_model_loads_the_published_names_and_matches_the_reference(family, 
     expected = family.reference(config, tensors, ids)
     assert logits.shape == (1, ids.shape[1], config["vocab_size"]) and logits.dtype == torch.float32
     torch.testing.assert_close(logits.double(), expected, atol=1e-4, rtol=0)
+
+
+def unscaled_rope_form(config: dict, form: str) -> dict:
+    """`config` with its unscaled RoPE written another way: as transformers 5 saves the published config class
+    (`rope_parameters` next to `rope_theta`, no `rope_scaling`), with `rope_parameters` only (the one `rope_theta`
+    is there), or with a legacy `rope_scaling` of type "default"."""
+    theta = config["rope_theta"]
+    rest = {k: v for k, v in config.items() if k != "rope_scaling"}
+    if form == "saved_by_transformers_5":
+        return {
+            **rest,
+            "rope_parameters": {"rope_theta": theta, "rope_type": "default"},
+            "transformers_version": "5.25.0",
+        }
+    if form == "rope_parameters_only":
+        rest.pop("rope_theta")
+        return {**rest, "rope_parameters": {"rope_type": "default", "rope_theta": theta}}
+    return {**config, "rope_scaling": {"type": "default"}}
+
+
+@pytest.mark.parametrize("form", ["saved_by_transformers_5", "rope_parameters_only", "legacy_rope_scaling"])
+def test_unscaled_rope_parameters_load_with_the_logits_of_rope_theta(
+    family, checkpoint, chat_tokenizer, tmp_path, form
+):
+    folder, config, tensors = checkpoint
+    ids = torch.tensor(chat_tokenizer(PROMPTS[1:])["input_ids"])
+    with torch.no_grad():
+        expected = load(folder)(ids).logits
+        variant = load(official.write_checkpoint(tmp_path / form, unscaled_rope_form(config, form), tensors))
+        assert torch.equal(variant(ids).logits, expected)
+        # the base matters at this length: the config fields' default one (10000) gives other logits
+        default_base = {**config, "rope_theta": 10000.0}
+        other = load(official.write_checkpoint(tmp_path / "default_base", default_base, tensors))(ids).logits
+    assert not torch.allclose(other, expected, atol=1e-3)
+    variant.save_pretrained(tmp_path / "saved")  # and it saves in a form that loads the same
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "saved")(ids).logits, expected)
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+        {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}},
+        {"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}},
+    ],
+    ids=["rope_scaling_linear", "rope_parameters_yarn", "rope_parameters_partial"],
+)
+def test_scaled_rope_is_refused_with_the_setting_named(family, checkpoint, tmp_path, rope):
+    folder, config, _ = checkpoint
+    rope = {name: {**value, "rope_theta": config["rope_theta"]} for name, value in rope.items()}
+    (tmp_path / "scaled").mkdir()
+    (tmp_path / "scaled" / "config.json").write_text(json.dumps({**config, **rope}))
+    rope_type = next(iter(rope.values()))["rope_type"]
+    with pytest.raises(ValueError, match=rf"RoPE scaling .*{rope_type}.* not supported by the native"):
+        AutoModel.from_config(AutoConfig.from_pretrained(tmp_path / "scaled"))
 
 
 def test_grouped_query_and_tied_variants_match_the_reference(family, chat_tokenizer, tmp_path):
@@ -252,6 +309,44 @@ def test_left_padding_is_invisible_with_the_pipelines_inputs(family, checkpoint,
     torch.testing.assert_close(padded[real].double(), expected[real], atol=1e-4, rtol=0)
 
 
+class HostReads(TorchDispatchMode):
+    """Records the ops that would make the host wait for a device: reading a value back (`.item()`, `bool()` of a
+    tensor: `_local_scalar_dense`) and outputs sized by values (`nonzero`, `masked_select`, boolean indexing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        aten = torch.ops.aten
+        boolean_index = func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if func in (aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default):
+            self.seen.append(str(func))
+        elif boolean_index:
+            self.seen.append("boolean indexing")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "2d_no_padding", "2d", "pairwise", "additive"])
+def test_the_forward_pass_never_waits_for_the_device(family, checkpoint, chat_tokenizer, mask_kind):
+    """No host sync per forward pass, whatever the mask (an all-True mask is not dropped by reading it back)."""
+    model = load(checkpoint[0])
+    ids, mask, _ = left_padded(chat_tokenizer, PROMPTS)
+    valid = mask.bool()
+    pairwise = valid[:, None, :, None] & valid[:, None, None, :]
+    masks = {
+        "none": None,
+        "2d_no_padding": torch.ones_like(mask),
+        "2d": mask,
+        "pairwise": pairwise,
+        "additive": torch.zeros(pairwise.shape).masked_fill(~pairwise, torch.finfo(torch.float32).min),
+    }
+    with torch.no_grad(), HostReads() as reads:
+        logits = model(ids, attention_mask=masks[mask_kind]).logits
+    assert reads.seen == []
+    assert logits.shape[:2] == ids.shape
+
+
 def test_logits_are_differentiable_to_inputs_embeds_and_padding_gets_no_gradient(family, checkpoint, chat_tokenizer):
     model = load(checkpoint[0])
     ids, mask, _ = left_padded(chat_tokenizer, PROMPTS)
@@ -362,8 +457,8 @@ def test_pipeline_with_a_native_model_saves_and_loads(family, checkpoint, chat_t
 def test_unsupported_architectures_and_arguments_are_refused(family, checkpoint, chat_tokenizer, tmp_path):
     folder, config, _ = checkpoint
     if family.name == "dream":
-        bad = {**config, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
-        field = "rope_scaling"
+        bad = {**config, "num_key_value_heads": 3}
+        field = "num_key_value_heads"
     else:
         bad = {**config, "block_type": "sequential"}
         field = "block_type"

@@ -30,8 +30,9 @@ class DreamConfig(PretrainedConfig):
         use_cache (`bool`, defaults to `False`): kept for the published code; the native model has no cache.
         tie_word_embeddings (`bool`, defaults to `False`): use the token embedding as the output projection.
         rope_theta (`float`, defaults to 10000.0): RoPE base.
-        rope_scaling (`dict`, *optional*): RoPE scaling; only `None` (no scaling, as every Dream-v0 checkpoint) is
-            supported by [`DreamModel`].
+        rope_scaling (`dict`, *optional*): RoPE scaling; [`DreamModel`] supports none (`None`, as every Dream-v0
+            checkpoint; or `rope_type` "default"). A config saved by transformers 5 has `rope_parameters`
+            (`{"rope_type": "default", "rope_theta": ...}`) instead, which loads too: its `rope_theta` wins.
         use_sliding_window (`bool`, defaults to `False`): kept as published; the attention has no window.
         sliding_window (`int`, defaults to 4096): kept as published (`None` unless `use_sliding_window`).
         max_window_layers (`int`, defaults to 28): kept as published.

@@ -35,7 +35,8 @@ class LLaDAConfig(PretrainedConfig):
         alibi (`bool`, defaults to `False`): ALiBi instead of RoPE (not supported).
         rope (`bool`, defaults to `False`): rotary position embeddings (required).
         rope_full_precision (`bool`, defaults to `True`): rotate queries and keys in float32.
-        rope_theta (`float`, defaults to 10000.0): RoPE base.
+        rope_theta (`float`, defaults to 10000.0): RoPE base. A `rope_parameters` dict (as transformers 5 writes
+            RoPE settings) of `rope_type` "default" may give it instead; RoPE scaling is not supported.
         attention_dropout (`float`, defaults to 0.1): dropout on the attention weights in training mode.
         multi_query_attention (`bool`, *optional*): one key/value head.
         attention_layer_norm (`bool`, defaults to `False`): norms on queries and keys (not supported).

@@ -6,9 +6,15 @@ so that one code path runs on every transformers version this package supports.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PretrainedConfig
+
+# `enable_gqa` arrived in torch 2.5; setup.py allows 2.1, where the key/value heads are copied per query head instead.
+_SDPA_HAS_GQA = torch.__version__ >= "2.5"
 
 
 class RMSNorm(nn.Module):
@@ -58,60 +64,107 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat((-second, first), dim=-1) * sin
 
 
-def attention_mask_4d(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int) -> torch.Tensor | None:
-    """The boolean `(B, 1 or H, S, S)` mask (True: query may attend to key) that [`bidirectional_attention`] takes.
+def rope_base(config: PretrainedConfig, model_name: str) -> float:
+    """The RoPE base of `config`, refusing RoPE scaling (the native classes implement unscaled RoPE only).
 
-    Accepts a `(B, S)` padding mask (1 or True for real tokens; the keys of padded positions are hidden from every
-    query), a boolean or integer `(B, 1 or H, S, S)` pairwise mask (Dream's own `generate` builds one from the padding
-    mask) or a floating-point `(B, 1 or H, S, S)` additive mask (0 to attend, a large negative number to hide), which
-    is passed through. Returns None when nothing is hidden, so that SDPA may pick its fastest kernel.
+    transformers 5 saves RoPE settings as `rope_parameters` (`{"rope_type": "default", "rope_theta": 1e6}` for none),
+    and reads a legacy `rope_scaling` into it; transformers 4 keeps `rope_scaling`. A `rope_theta` there wins over the
+    `rope_theta` field, as transformers 5 reads it (a config written with only `rope_parameters` leaves the field at
+    its default).
     """
-    if attention_mask is None:
-        return None
-    if attention_mask.dim() == 2:
-        if tuple(attention_mask.shape) != (batch_size, seq_len):
+    for field in ("rope_parameters", "rope_scaling"):
+        parameters = getattr(config, field, None)
+        if parameters:
+            break
+    else:
+        return float(config.rope_theta)
+    unscaled = {"rope_type", "type", "rope_theta"}
+    rope_type = parameters.get("rope_type", parameters.get("type", "default")) if isinstance(parameters, dict) else None
+    if rope_type != "default" or not set(parameters) <= unscaled:
+        raise ValueError(
+            f"RoPE scaling (`{field}` = {parameters!r}) is not supported by the native {model_name}, which implements "
+            'unscaled RoPE only (`rope_scaling` None, or `rope_parameters` with `rope_type` "default" and '
+            "`rope_theta`): load the repository's own code with `trust_remote_code=True`."
+        )
+    return float(parameters.get("rope_theta", config.rope_theta))
+
+
+@dataclass(frozen=True)
+class AttentionMask:
+    """The attention mask of one forward pass, in the form SDPA takes, built once and shared by every layer.
+
+    Attributes:
+        mask (`torch.Tensor`, *optional*): boolean, broadcastable to `(B, H, S, S)` (True: the query may attend to the
+            key), or additive in the model's dtype; None when the caller gave none.
+        empty (`torch.Tensor`, *optional*): boolean `(B, 1 or H, S or 1, 1)`, True for the query rows that `mask`
+            leaves with no key at all (a padded position under a pairwise mask, or a row of padding only); those rows
+            attend to every key in `mask` and their output is set to zero by [`bidirectional_attention`].
+    """
+
+    mask: torch.Tensor | None = None
+    empty: torch.Tensor | None = None
+
+    @classmethod
+    def build(
+        cls, attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, dtype: torch.dtype
+    ) -> AttentionMask:
+        """Reads a `(B, S)` padding mask (1 or True for real tokens: padded keys are hidden from every query), a
+        boolean or integer `(B, 1 or H, S, S)` pairwise mask (Dream's own `generate` builds one from the padding mask)
+        or a floating-point `(B, 1 or H, S, S)` additive mask (0 to attend, a large negative number to hide; cast to
+        `dtype`, no empty-row handling).
+
+        A mask that hides nothing is kept, not dropped: finding that out (`mask.all()`) reads the tensor back on
+        the host, a device sync every forward pass. What it would save on CPU (benchmarks/native_models.py, one
+        thread, B = 4, 8 query / 2 key-value heads, S = 256, D = 64; two runs on a loaded machine): SDPA takes 1-10%
+        longer with an all-True mask than with none, a 4-layer, width-512 Dream forward 0-4% (within the noise).
+        A caller that knows there is no padding may pass no mask.
+        """
+        if attention_mask is None:
+            return cls()
+        if attention_mask.dim() == 2:
+            if tuple(attention_mask.shape) != (batch_size, seq_len):
+                raise ValueError(
+                    f"`attention_mask` of shape {tuple(attention_mask.shape)} does not match the input's "
+                    f"(batch, sequence) = {(batch_size, seq_len)}."
+                )
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): the same keys for every query
+        elif attention_mask.dim() == 4:
+            if attention_mask.shape[0] != batch_size or tuple(attention_mask.shape[-2:]) != (seq_len, seq_len):
+                raise ValueError(
+                    f"`attention_mask` of shape {tuple(attention_mask.shape)} does not match (batch, 1 or heads, "
+                    f"sequence, sequence) = ({batch_size}, 1, {seq_len}, {seq_len})."
+                )
+            if attention_mask.is_floating_point():
+                return cls(mask=attention_mask.to(dtype))
+            mask = attention_mask.bool()
+        else:
             raise ValueError(
-                f"`attention_mask` of shape {tuple(attention_mask.shape)} does not match the input's "
-                f"(batch, sequence) = {(batch_size, seq_len)}."
+                f"`attention_mask` must be (batch, sequence) or (batch, 1 or heads, sequence, sequence), got "
+                f"{attention_mask.dim()} dimensions."
             )
-        keys = attention_mask.bool()
-        if bool(keys.all()):
-            return None
-        return keys[:, None, None, :].expand(batch_size, 1, seq_len, seq_len)
-    if attention_mask.dim() == 4:
-        if attention_mask.shape[0] != batch_size or tuple(attention_mask.shape[-2:]) != (seq_len, seq_len):
-            raise ValueError(
-                f"`attention_mask` of shape {tuple(attention_mask.shape)} does not match (batch, 1 or heads, "
-                f"sequence, sequence) = ({batch_size}, 1, {seq_len}, {seq_len})."
-            )
-        return attention_mask if attention_mask.is_floating_point() else attention_mask.bool()
-    raise ValueError(
-        f"`attention_mask` must be (batch, sequence) or (batch, 1 or heads, sequence, sequence), got "
-        f"{attention_mask.dim()} dimensions."
-    )
+        empty = ~mask.any(dim=-1, keepdim=True)
+        return cls(mask=mask | empty, empty=empty)
 
 
 def bidirectional_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, dropout: float = 0.0
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: AttentionMask, dropout: float = 0.0
 ) -> torch.Tensor:
     """Attention without a causal mask; `query` `(B, H, S, D)`, `key`/`value` `(B, H_kv, S, D)` (grouped queries).
 
-    A query row that the mask leaves with no key at all (a padded position under a pairwise mask) gets a zero output,
-    as torch's own math kernel gives it, on every backend: softmax over nothing would be NaN, and NaN in a padded
+    Each key/value head serves its group of `H / H_kv` query heads through SDPA's `enable_gqa`, without copying it
+    per query head. A query row that the mask leaves with no key at all (`mask.empty`) gets a zero output, as
+    torch's own math kernel gives it, on every backend: softmax over nothing would be NaN, and NaN in a padded
     position's hidden state would reach every row at the next layer through `0 * NaN` in the attention product.
     """
-    if key.shape[1] != query.shape[1]:
+    grouped = key.shape[1] != query.shape[1]
+    if grouped and not _SDPA_HAS_GQA:
         groups = query.shape[1] // key.shape[1]
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    empty = None
-    if mask is not None and mask.dtype == torch.bool:
-        empty = ~mask.any(dim=-1, keepdim=True)
-        mask = mask | empty
-    elif mask is not None:
-        mask = mask.to(query.dtype)
-    output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=False)
-    return output if empty is None else output.masked_fill(empty, 0.0)
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    gqa = {"enable_gqa": True} if grouped and _SDPA_HAS_GQA else {}
+    output = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask.mask, dropout_p=dropout, is_causal=False, **gqa
+    )
+    return output if mask.empty is None else output.masked_fill(mask.empty, 0.0)
 
 
 def refuse_unsupported_kwargs(kwargs: dict) -> None:

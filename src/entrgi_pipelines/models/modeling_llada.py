@@ -23,19 +23,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
-from transformers.modeling_outputs import MaskedLMOutput
+
+# diffusers loads a saved pipeline's component by looking up its loadable base class (`PreTrainedModel`) in the
+# module that defines the component's class: the name must be importable from here.
+from transformers import PreTrainedModel  # noqa: F401
 
 from .configuration_llada import LLaDAConfig
-from .layers import (
-    RMSNorm,
-    apply_rotary,
-    attention_mask_4d,
-    bidirectional_attention,
-    default_position_ids,
-    refuse_unsupported_kwargs,
-    rotary_cos_sin,
-)
+from .layers import RMSNorm, apply_rotary, bidirectional_attention
+from .modeling_base import BidirectionalLM
 
 
 def _check_supported(config: LLaDAConfig) -> None:
@@ -131,14 +126,15 @@ class LLaDAModel(nn.Module):
         self.transformer = nn.ModuleDict(modules)
 
 
-class LLaDAModelLM(PreTrainedModel):
+class LLaDAModelLM(BidirectionalLM):
     r"""
     LLaDA's masked diffusion LM (the published `LLaDAModelLM`'s forward pass), loading LLaDA checkpoints as they are.
 
     Registered with transformers' `AutoModel` and `AutoModelForMaskedLM` for the model type `"llada"` when
     `entrgi_pipelines` is imported, so `AutoModel.from_pretrained("GSAI-ML/LLaDA-8B-Instruct")` builds this class
     without running the repository's code; `trust_remote_code=True` still selects the repository's own
-    `LLaDAModelLM`. The parameter names are the checkpoint's (see the module docstring): no key map is needed.
+    `LLaDAModelLM`. The parameter names are the checkpoint's (see the module docstring): no key map is needed. Its
+    forward pass is [`BidirectionalLM.forward`]; position `i` scores the token at `i`.
 
     Attention is bidirectional (no causal mask). Unlike the published forward pass, this one takes `position_ids`,
     so that left padding is invisible to the real tokens (the published code always numbers positions `0 .. S - 1`);
@@ -167,95 +163,25 @@ class LLaDAModelLM(PreTrainedModel):
     """
 
     config_class = LLaDAConfig
-    base_model_prefix = "model"
     _no_split_modules = ["LLaDALlamaBlock"]
+    _embedding_path = "model.transformer.wte"
+    _layers_path = "model.transformer.blocks"
+    _norm_path = "model.transformer.ln_f"
+    _head_path = "model.transformer.ff_out"  # absent with `weight_tying`
 
     def __init__(self, config: LLaDAConfig):
-        super().__init__(config)
         _check_supported(config)
+        super().__init__(config)
         self.model = LLaDAModel(config)
         self.post_init()
 
-    def _init_weights(self, module: nn.Module) -> None:
-        # torch.nn.init (not `.data`): transformers 5 skips what a checkpoint already loaded through these functions.
-        std = getattr(self.config, "init_std", 0.02)
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, RMSNorm):
-            nn.init.ones_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+    def _initializer_std(self) -> float:
+        return getattr(self.config, "init_std", 0.02)
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.transformer.wte
+    def _scale_embeddings(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.config.input_emb_norm:
+            hidden_states = hidden_states * self.config.d_model**0.5
+        return F.dropout(hidden_states, self.config.embedding_dropout, self.training)
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.transformer.wte = value
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.model.transformer.wte if self.config.weight_tying else self.model.transformer.ff_out
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MaskedLMOutput | tuple:
-        r"""
-        Logits for every position (LLaDA's: position `i` scores the token at `i`).
-
-        Args:
-            input_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*): token ids; or `inputs_embeds`.
-            attention_mask (`torch.Tensor`, *optional*): a `(batch, seq)` padding mask (1 for real tokens: padded
-                keys are hidden from every query, as in the published code), or a boolean `(batch, 1, seq, seq)`
-                pairwise mask (True: may attend), or a float additive `(batch, 1, seq, seq)` mask.
-            position_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*): RoPE positions; defaults to
-                `0 .. seq - 1`. With left padding, pass the positions counted from each row's first real token.
-            inputs_embeds (`torch.FloatTensor` of shape `(batch, seq, d_model)`, *optional*): input embeddings
-                instead of `input_ids` (differentiable).
-            output_hidden_states (`bool`, *optional*): also return the input of every block and the final normed
-                hidden states.
-            return_dict (`bool`, *optional*): return a `MaskedLMOutput` (default) or a tuple.
-            kwargs: accepted for compatibility with callers of the published code when unset (`use_cache=False`,
-                `past_key_values=None`, `output_attentions=False`); anything else is refused.
-
-        Returns:
-            `MaskedLMOutput` with `logits` `(batch, seq, embedding_size)` (and `hidden_states` when asked), or a
-            tuple.
-        """
-        refuse_unsupported_kwargs(kwargs)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        config = self.config
-        transformer = self.model.transformer
-        hidden_states = transformer.wte(input_ids) if inputs_embeds is None else inputs_embeds
-        if config.input_emb_norm:
-            hidden_states = hidden_states * config.d_model**0.5
-        hidden_states = F.dropout(hidden_states, config.embedding_dropout, self.training)
-        batch, seq_len = hidden_states.shape[:2]
-        if position_ids is None:
-            position_ids = default_position_ids(batch, seq_len, hidden_states.device)
-        cos, sin = rotary_cos_sin(position_ids, config.d_model // config.n_heads, config.rope_theta)
-        mask = attention_mask_4d(attention_mask, batch, seq_len)
-
-        all_hidden_states = []
-        for block in transformer.blocks:
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            hidden_states = block(hidden_states, cos, sin, mask)
-        hidden_states = transformer.ln_f(hidden_states)
-        head = self.get_output_embeddings()
-        logits = head(hidden_states) if isinstance(head, nn.Linear) else F.linear(hidden_states, head.weight)
-        if config.scale_logits:
-            logits = logits * (1 / math.sqrt(config.d_model))
-
-        hidden = (*all_hidden_states, hidden_states) if output_hidden_states else None
-        if not (config.return_dict if return_dict is None else return_dict):
-            return (logits,) if hidden is None else (logits, hidden)
-        return MaskedLMOutput(logits=logits, hidden_states=hidden)
+    def _scale_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits * (1 / math.sqrt(self.config.d_model)) if self.config.scale_logits else logits
