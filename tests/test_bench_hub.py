@@ -17,7 +17,7 @@ from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler, RewardGui
 from entrgi_pipelines.pipelines.hub_utils import add_to_hub_cache
 
 from .conftest import free_port
-from .paper_stand_ins import paper_check, use_hub_home
+from .paper_stand_ins import ROOT, paper_check, use_hub_home
 
 DLLM, REWARD, EVAL = paper_check.DLLM_REPO, paper_check.REWARD_REPOS["1.7b"], paper_check.REWARD_REPOS["0.6b"]
 TIMING_FIELDS = ("seconds", "eval_seconds", "judge_seconds")
@@ -227,3 +227,26 @@ def test_two_cpu_processes_give_the_records_of_one(home, tmp_path):
         d for d in map(bench.dataset_spec, paper_check.DATASETS) for _ in range(2)
     ]
     assert two == one
+
+
+def script_bench_arguments() -> list[str]:
+    """The `entrgi_pipelines.bench` arguments of benchmarks/cuda_check.sh (its lines joined where they continue)."""
+    script = (ROOT / "benchmarks" / "cuda_check.sh").read_text().replace("\\\n", " ")
+    line = next(line for line in script.splitlines() if "-m entrgi_pipelines.bench" in line)
+    words = line.split("-m entrgi_pipelines.bench", 1)[1].split(">")[0].split()
+    return [w.strip('"') for w in words]
+
+
+def test_cuda_check_runs_the_documented_command_on_the_stand_ins(home, tmp_path, no_stack_scorers):
+    """cuda_check.sh's paper step is docs/reproduce.md's one-GPU command (plus its size flags); here on the tiny
+    stand-ins on CPU, with the script's own arguments."""
+    argv = script_bench_arguments()
+    assert argv[0] == "--paper" and "entrgi-bench --paper --output" in (ROOT / "docs" / "reproduce.md").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "cuda_check.sh")]).returncode == 0
+    argv = [a.replace("$out", str(tmp_path)) for a in argv] + ["--threads", "1", "--device", "cpu"]
+    bench.main(argv)
+    result = json.loads((tmp_path / "paper_check.json").read_text())
+    assert result["config"]["steps"] == 8 and result["config"]["gen_length"] == 128
+    assert len(result["records"]) == 4 * 3 * 3  # methods x seeds x one prompt per benchmark
+    assert all(len(r["eval_rewards"]) == 4 for r in result["records"])
+    assert (tmp_path / "paper_check.md").read_text().startswith("- dLLM: Dream-org/Dream-v0-Instruct-7B")
