@@ -428,13 +428,19 @@ def load_reward_model(source: str, revision: str | None, args, device: torch.dev
     return model, tokenizer
 
 
+def stack_dllm_is_embedded(args) -> bool:
+    """Whether `--dllm` names an embedded dLLM version (or none: the newest)."""
+    from .stack.dllm import DLLM_VERSIONS
+
+    return args.dllm is None or args.dllm in DLLM_VERSIONS
+
+
 def stack_judges_apply(args) -> bool:
     """Whether the embedded stack's topic judges and perplexity models score the run: with the embedded dLLM, with
     `--judge`, or with `--stack-judges`."""
-    from .stack.dllm import DLLM_VERSIONS
-
-    embedded = args.dllm is None or args.dllm in DLLM_VERSIONS
-    return embedded or bool(getattr(args, "judge", None)) or bool(getattr(args, "stack_judges", False))
+    return (
+        stack_dllm_is_embedded(args) or bool(getattr(args, "judge", None)) or bool(getattr(args, "stack_judges", False))
+    )
 
 
 def load_components(args, device: torch.device | None = None, dtype: torch.dtype | None = None):
@@ -701,18 +707,18 @@ def models_used(args, stack: bool) -> dict:
 
     embedded_reward = f"embedded {getattr(args, 'reward', 'similarity')} reward"
     return {
-        "dLLM": named(args.dllm, getattr(args, "revision", None)) or "embedded dLLM",
+        "dLLM": named(args.dllm, getattr(args, "revision", None))
+        if not stack_dllm_is_embedded(args)
+        else f"embedded dLLM {args.dllm or '(newest)'}",
         "guidance reward (Top@1, Avg@N)": named(args.reward_model, getattr(args, "reward_revision", None))
         or embedded_reward,
         "held-out reward (eval_top1, eval_avg)": named(
             getattr(args, "eval_reward_model", None), getattr(args, "eval_reward_revision", None)
         ),
-        "topic judges and perplexity (judge, perplexity)": (
-            (f"{args.judge} and " if getattr(args, "judge", None) else "")
-            + "the embedded stack's MiniLM / SmolLM2 judges, bigram and SmolLM2 perplexity"
-        )
-        if stack
-        else None,
+        "topic judges and perplexity (judge, perplexity)": None
+        if not stack
+        else (f"--judge {args.judge}" if getattr(args, "judge", None) else "the embedded MiniLM topic judge")
+        + ", the embedded SmolLM2 judge; bigram and SmolLM2 perplexity",
     }
 
 
