@@ -179,6 +179,7 @@ def test_the_paper_command_runs_by_repo_id_and_scores_with_the_held_out_reward(h
     assert models["dLLM"] == DLLM and models["guidance reward (Top@1, Avg@N)"] == REWARD
     assert models["held-out reward (eval_top1, eval_avg)"] == EVAL
     assert models["topic judges and perplexity (judge, perplexity)"] is None
+    assert "'<|endoftext|>'" in models["vocabulary bridge"]  # Dream's mask, bos and padded rows: Qwen3's pad token
     text = table.read_text()
     assert EVAL in text and "held-out reward Top@1" in text and "entrgi vs none (paired, n=2)" in text
 

@@ -722,6 +722,19 @@ def models_used(args, stack: bool) -> dict:
     }
 
 
+def vocabulary_bridge(pipe, reward_tokenizer) -> str:
+    """How the dLLM's vocabulary maps onto the guidance reward's (as `RewardGuidance` maps it by default)."""
+    from .guidance.vocab import VocabularyMap
+
+    bridge = VocabularyMap.from_tokenizers(pipe.tokenizer, reward_tokenizer, source_size=pipe.vocab_size)
+    if bridge.unmapped_token is None:
+        return f"all {len(bridge.ids)} dLLM ids map onto the reward vocabulary"
+    return (
+        f"{bridge.coverage:.2%} of the {len(bridge.ids)} dLLM ids map onto the reward vocabulary; the rest become "
+        f"{bridge.unmapped_token!r}"
+    )
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The command line
 # --------------------------------------------------------------------------------------------------------------------
@@ -928,7 +941,7 @@ def run(args) -> dict:
         disable=not state.is_main_process,
     )
     config = bench_config(args)
-    models = models_used(args, stack)
+    models = models_used(args, stack) | {"vocabulary bridge": vocabulary_bridge(pipe, reward_tokenizer)}
     # Saved after every batch; with --resume, batches already in the output file are skipped.
     checkpoint = BenchCheckpoint(args.output, config, getattr(args, "resume", False))
     if not state.is_main_process:
