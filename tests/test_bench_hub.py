@@ -251,3 +251,21 @@ def test_cuda_check_runs_the_documented_command_on_the_stand_ins(home, tmp_path,
     assert len(result["records"]) == 4 * 3 * 3  # methods x seeds x one prompt per benchmark
     assert all(len(r["eval_rewards"]) == 4 for r in result["records"])
     assert (tmp_path / "paper_check.md").read_text().startswith("- dLLM: Dream-org/Dream-v0-Instruct-7B")
+
+
+def test_auto_takes_the_reward_tokenizers_unk_then_pad_then_eos(home):
+    """The default unmapped policy: what "unk" gives where the reward has an unk token (every earlier pair), and
+    otherwise its pad, then its eos token; a reward tokenizer with none of them is told to pass an id."""
+    from entrgi_pipelines.testing import tiny_bpe_tokenizer, tiny_wordpiece_tokenizer
+
+    wordpiece, bpe = tiny_wordpiece_tokenizer(), tiny_bpe_tokenizer()
+    assert torch.equal(
+        VocabularyMap.from_tokenizers(wordpiece, bpe).ids, VocabularyMap.from_tokenizers(wordpiece, bpe, "unk").ids
+    )
+    qwen3 = AutoTokenizer.from_pretrained(REWARD)
+    assert VocabularyMap.from_tokenizers(wordpiece, qwen3).unmapped_token == "<|endoftext|>" == qwen3.pad_token
+    qwen3.pad_token = None
+    assert VocabularyMap.from_tokenizers(wordpiece, qwen3).unmapped_token == "<|im_end|>" == qwen3.eos_token
+    qwen3.eos_token = None
+    with pytest.raises(ValueError, match="no unk, pad or eos token: pass a token id"):
+        VocabularyMap.from_tokenizers(wordpiece, qwen3)

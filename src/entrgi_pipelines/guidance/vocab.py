@@ -197,7 +197,7 @@ class VocabularyMap:
             if unmapped == "error":
                 raise ValueError(
                     f"{size - target_size} ids of the diffusion model ({size}) are past its tokenizer ({target_size}) "
-                    "and have no counterpart; choose an `unmapped` policy (e.g. 'unk') to send them somewhere."
+                    "and have no counterpart; choose an `unmapped` policy (e.g. 'auto') to send them somewhere."
                 )
             return cls(
                 ids=torch.where(known, torch.arange(size), fallback), mapped=known, **_unmapped(target, fallback, known)
@@ -232,7 +232,7 @@ class VocabularyMap:
         if unmapped == "error" and result.coverage < 1:
             raise ValueError(
                 f"Only {result.coverage:.1%} of the diffusion vocabulary maps onto the reward vocabulary; choose an "
-                "`unmapped` policy (e.g. 'unk') to send the rest somewhere."
+                "`unmapped` policy (e.g. 'auto') to send the rest somewhere."
             )
         logger.info(
             "Vocabulary map covers %.2f%% of the diffusion model's tokens (%.2f%% with the same surface); the rest "
