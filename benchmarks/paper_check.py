@@ -121,19 +121,34 @@ def _save(model, folder: Path) -> None:
     model.save_pretrained(folder, safe_serialization=True)
 
 
-def build_dllm(folder: Path, shape: str, layers: int | None, device: str, dtype: torch.dtype) -> None:
-    """A random-weight Dream checkpoint in the published format, with Dream's tokenizer layout."""
-    from entrgi_pipelines.models import DreamConfig, DreamModel
+def dllm_config(ids: dict[str, int], shape: str, layers: int | None = None):
+    """The Dream config of the stand-in, for a tokenizer with special token ids `ids`."""
+    from entrgi_pipelines.models import DreamConfig
 
-    ids = dream_tokenizer_folder(folder)
     size = (max(ids.values()) + 64) // 64 * 64  # padded past the tokenizer, as Dream's 152,064 rows are
     dims = dict(DREAM_7B) if shape == "paper" else dict(TINY, vocab_size=size, max_position_embeddings=2048)
     if layers:
         dims["num_hidden_layers"] = layers
     token = ids["<|endoftext|>"]
-    config = DreamConfig(
+    return DreamConfig(
         **dims, mask_token_id=ids["<|mask|>"], pad_token_id=token, bos_token_id=token, eos_token_id=token
     )
+
+
+def reward_config(ids: dict[str, int], size: str, shape: str):
+    """The Qwen3 sequence-classifier config of a reward stand-in (`size` "1.7b" or "0.6b")."""
+    from transformers import Qwen3Config
+
+    vocab = max(ids.values()) + 1
+    dims = QWEN3_COMMON | QWEN3[size] if shape == "paper" else dict(TINY, vocab_size=vocab, head_dim=8)
+    return Qwen3Config(**dims, num_labels=1, pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True)
+
+
+def build_dllm(folder: Path, shape: str, layers: int | None, device: str, dtype: torch.dtype) -> None:
+    """A random-weight Dream checkpoint in the published format, with Dream's tokenizer layout."""
+    from entrgi_pipelines.models import DreamModel
+
+    config = dllm_config(dream_tokenizer_folder(folder), shape, layers)
     torch.manual_seed(0)
     with torch.device(device):
         model = DreamModel(config).to(dtype).eval()
@@ -147,12 +162,9 @@ def build_dllm(folder: Path, shape: str, layers: int | None, device: str, dtype:
 
 def build_reward(folder: Path, size: str, shape: str, device: str, dtype: torch.dtype, seed: int = 1) -> None:
     """A random-weight Qwen3 sequence classifier with one label, with Qwen3's tokenizer layout."""
-    from transformers import Qwen3Config, Qwen3ForSequenceClassification
+    from transformers import Qwen3ForSequenceClassification
 
-    ids = qwen3_tokenizer_folder(folder)
-    vocab = max(ids.values()) + 1
-    dims = QWEN3_COMMON | QWEN3[size] if shape == "paper" else dict(TINY, vocab_size=vocab, head_dim=8)
-    config = Qwen3Config(**dims, num_labels=1, pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True)
+    config = reward_config(qwen3_tokenizer_folder(folder), size, shape)
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen3ForSequenceClassification(config).to(dtype).eval()

@@ -269,3 +269,24 @@ def test_auto_takes_the_reward_tokenizers_unk_then_pad_then_eos(home):
     qwen3.eos_token = None
     with pytest.raises(ValueError, match="no unk, pad or eos token: pass a token id"):
         VocabularyMap.from_tokenizers(wordpiece, qwen3)
+
+
+def test_the_stand_ins_have_the_published_shapes_and_parameter_counts():
+    """At `--shape paper` (built on the meta device: no memory), the stand-ins have the published vocabulary sizes
+    and the parameter counts docs/reproduce.md's memory estimate starts from (Dream 7.6 B; the rewards 1.7 B, 0.6 B)."""
+    from transformers import Qwen3ForSequenceClassification
+
+    from entrgi_pipelines.models import DreamModel
+
+    ids = {"<|endoftext|>": 0, "<|mask|>": 151_666}
+    with torch.device("meta"):
+        dllm = DreamModel(paper_check.dllm_config(ids, "paper"))
+        rewards = {
+            s: Qwen3ForSequenceClassification(paper_check.reward_config(ids, s, "paper")) for s in ("1.7b", "0.6b")
+        }
+    assert dllm.get_input_embeddings().weight.shape == (152_064, 3584) and dllm.config.num_hidden_layers == 28
+    assert sum(p.numel() for p in dllm.parameters()) / 1e9 == pytest.approx(7.62, rel=0.01)
+    for size, billions in (("1.7b", 1.72), ("0.6b", 0.60)):
+        model = rewards[size]
+        assert model.get_input_embeddings().weight.shape[0] == 151_936 and model.config.num_labels == 1
+        assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, rel=0.02), size
