@@ -30,7 +30,8 @@ guiding reward ranked best, and `eval_avg`, the mean over K). The summary holds 
 with paired intervals against the baseline method (Best-of-N, `none`). The embedded stack's topic judges (the
 MiniLM classifier, `judge_minilm`, and the SmolLM2 LM judge, `judge_lm`: `judge` is the one held out from the
 guidance reward) and perplexity models (a bigram model, `perplexity`, and SmolLM2, `perplexity_smollm`) score the
-best sample when they apply: with the embedded dLLM, with `--judge`, or with `--stack-judges`.
+best sample when they apply: with the embedded dLLM, with `--judge`, or with `--stack-judges` (the topic
+classifier on `--device`; the SmolLM2 judges and the bigram model on CPU, where the stack computes them).
 
 `--paper` sets the paper's settings (its models, its three benchmarks with 64 prompts each drawn per seed, seeds
 1-3, K=4, T=L=128, M=3, eta 0.5, tau 0.7, top-p 0.95, Dream's `time_floor` commit counts and entropy confidence,
