@@ -79,3 +79,25 @@ def test_num_prompts_is_per_dataset_and_bounded_by_each(tmp_path, home):
     args.num_prompts = 5
     with pytest.raises(ValueError, match="--num-prompts 5 exceeds the 4 prompts of --dataset THU-KEG/RM-Bench"):
         bench.prompt_sources(args)
+
+
+def test_paired_differences_per_dataset_pair_the_same_seed_and_prompt():
+    """`by_dataset[...][method]["vs_none"]`: method minus Best-of-N over the same (seed, prompt); a prompt listed
+    twice pairs in order; each dataset on its own."""
+
+    def record(method, seed, dataset, prompt, top1):
+        return {"method": method, "seed": seed, "dataset": dataset, "prompt": prompt, "top1": top1, "avg": top1 / 2,
+                "distinct2": 1.0, "seconds": 0.1}  # fmt: skip
+
+    keys = [(0, "a", "p"), (0, "a", "q"), (1, "a", "p"), (0, "b", "p"), (0, "b", "p")]  # "p" twice in b
+    base = [record("none", s, d, p, float(i)) for i, (s, d, p) in enumerate(keys)]
+    gains = [0.5, -0.25, 1.0, 2.0, 3.0]
+    guided = [record("entrgi", s, d, p, float(i) + g) for i, ((s, d, p), g) in enumerate(zip(keys, gains))]
+    result = bench.summarise_datasets(base + guided, ["none", "entrgi"])
+    assert set(result) == {"a", "b"} and "vs_none" not in result["a"]["none"]
+    for dataset, expected in (("a", gains[:3]), ("b", gains[3:])):
+        paired = result[dataset]["entrgi"]["vs_none"]
+        assert paired["top1"]["n"] == len(expected)
+        assert (paired["top1"]["diff"], paired["top1"]["ci"]) == pytest.approx(bench.mean_ci(expected), nan_ok=True)
+        assert paired["avg"]["diff"] == pytest.approx(sum(expected) / len(expected) / 2)
+        assert "eval_top1" not in paired  # no held-out scores in these records

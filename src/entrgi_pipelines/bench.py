@@ -613,13 +613,13 @@ def summarise_datasets(records: list[dict], methods: list[str]) -> dict:
     for dataset in dict.fromkeys(r.get("dataset", "bundled") for r in records):
         rows = [r for r in records if r.get("dataset", "bundled") == dataset]
         summary = summarise(rows, methods)
-        base = {(r["seed"], r["prompt"]): r for r in rows if r["method"] == baseline}
+        base = _by_seed_and_prompt(r for r in rows if r["method"] == baseline)
         for method in methods:
             if method == baseline:
                 continue
-            pairs = [
-                (r, base[key]) for r in rows if r["method"] == method and (key := (r["seed"], r["prompt"])) in base
-            ]
+            # a prompt listed twice pairs its first record with the baseline's first, its second with the second
+            mine = _by_seed_and_prompt(r for r in rows if r["method"] == method)
+            pairs = [pair for key, runs in mine.items() for pair in zip(runs, base.get(key, []))]
             paired = {}
             for field in PAIRED_FIELDS:
                 if pairs and all(field in a and field in b for a, b in pairs):
@@ -628,6 +628,13 @@ def summarise_datasets(records: list[dict], methods: list[str]) -> dict:
             summary[method][f"vs_{baseline}"] = paired
         result[dataset] = summary
     return result
+
+
+def _by_seed_and_prompt(records) -> dict[tuple, list[dict]]:
+    grouped = {}
+    for record in records:
+        grouped.setdefault((record["seed"], record["prompt"]), []).append(record)
+    return grouped
 
 
 JUDGE_NAMES = {"minilm": "MiniLM judge", "lm": "LM judge"}
