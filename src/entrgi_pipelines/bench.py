@@ -681,26 +681,30 @@ def markdown_table(summary: dict) -> str:
 
 
 def markdown_report(result: dict) -> str:
-    """The run as markdown: which models scored what, the table over all prompts, and one per dataset with the
-    paired differences to the baseline method."""
+    """The run as markdown: which models scored what, the table over all prompts with the paired differences to the
+    baseline method, and with several datasets the same per dataset."""
     models = result.get("models")
     parts = []
     if models:
         parts.append("\n".join(f"- {role}: {name}" for role, name in models.items() if name))
-    parts.append(markdown_table(result["summary"]))
     by_dataset = result.get("by_dataset") or {}
-    if len(by_dataset) > 1 or any(name != "bundled" for name in by_dataset):
+    if len(by_dataset) == 1:  # one prompt source: its table is the run's
+        parts.append("\n".join([markdown_table(result["summary"]), *_paired_lines(next(iter(by_dataset.values())))]))
+    else:
+        parts.append(markdown_table(result["summary"]))
         for dataset, summary in by_dataset.items():
-            lines = [f"**{dataset}**", "", markdown_table(summary)]
-            for method, s in summary.items():
-                for baseline_key, paired in ((k, v) for k, v in s.items() if k.startswith("vs_")):
-                    cells = [f"{f} {p['diff']:+.4f} ± {_fmt(p['ci'], '.4f')}" for f, p in paired.items()]
-                    lines.append(
-                        f"- {method} {baseline_key.replace('_', ' ')} (paired, n={_pair_n(paired)}): "
-                        + ", ".join(cells)
-                    )
-            parts.append("\n".join(lines))
+            parts.append("\n".join([f"**{dataset}**", "", markdown_table(summary), *_paired_lines(summary)]))
     return "\n\n".join(parts)
+
+
+def _paired_lines(summary: dict) -> list[str]:
+    """One line per method compared with the baseline: each paired difference with its 95% interval."""
+    lines = []
+    for method, s in summary.items():
+        for key, paired in ((k, v) for k, v in s.items() if k.startswith("vs_") and v):
+            cells = ", ".join(f"{f} {p['diff']:+.4f} ± {_fmt(p['ci'], '.4f')}" for f, p in paired.items())
+            lines.append(f"- {method} {key.replace('_', ' ')} (paired, n={_pair_n(paired)}): {cells}")
+    return lines
 
 
 def _pair_n(paired: dict) -> int:
