@@ -33,6 +33,8 @@ setup(
             "pymdown-extensions>=10",
             "latex2mathml>=3.81",
         ],
+        # entrgi-bench --dataset: the benchmarks' prompts (RM-Bench, JudgeBench, RewardBench 2) through `datasets`
+        "bench": ["datasets>=2.19"],
         # import-linter: the package's layers (pyproject.toml), checked by `lint-imports`; >= 2.6 for acyclic_siblings
         "test": [
             "pytest>=8",
@@ -42,6 +44,7 @@ setup(
             "gradio>=6,<7",
             "gradio_client>=1",
             "import-linter>=2.6",
+            "datasets>=2.19",
         ],
     },
     entry_points={

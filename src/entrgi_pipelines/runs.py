@@ -36,7 +36,7 @@ from .schedulers.scheduling_masked_diffusion import (
     MaskedDiffusionScheduler,
     check_decoding_arguments,
 )
-from .validation import model_folder, non_negative_float, non_negative_int, positive_float, positive_int, probability
+from .validation import model_source, non_negative_float, non_negative_int, positive_float, positive_int, probability
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_length: int) -> None:
@@ -263,8 +263,11 @@ def guided_samples(
 
 @torch.no_grad()
 def judge_scores(judge, tokenizer, targets: list[str], texts: list[str]) -> list[float]:
-    """The judge's score of each `(target, text)` pair: the first logit of a pair classifier such as the stack's."""
+    """The judge's score of each `(target, text)` pair: the first logit of a pair classifier such as the stack's
+    (computed on the judge's device)."""
     enc = tokenizer(targets, texts, return_tensors="pt", padding=True)
+    if getattr(judge, "device", None) is not None:
+        enc = enc.to(judge.device)
     return judge(**enc).logits[:, 0].float().tolist()
 
 
@@ -296,10 +299,11 @@ def load_reward(name: str):
 
 
 def dllm_choice(text: str) -> str:
-    """argparse type: an embedded dLLM version (`v1`, `v2`) or a model folder written by `save_pretrained`."""
+    """argparse type: an embedded dLLM version (`v1`, `v2`), a model folder written by `save_pretrained`, or a Hub
+    repo id (`org/name`, see [`model_source`])."""
     from .stack.dllm import DLLM_VERSIONS
 
-    return text if text in DLLM_VERSIONS else model_folder(text)
+    return text if text in DLLM_VERSIONS else model_source(text)
 
 
 __all__ = [

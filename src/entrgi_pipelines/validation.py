@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import numbers
+import re
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,31 @@ def model_folder(text: str) -> str:
     if not (path / "config.json").is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is not a model folder: it has no config.json")
     return str(path)
+
+
+# A Hub repo id: "org/name" (letters, digits, `-`, `_`, `.`), never a path (no leading `/` or `.`, one `/`).
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether `text` reads as a Hub repo id (`org/name`) rather than a path."""
+    return bool(_REPO_ID.match(text)) and ".." not in text
+
+
+def model_source(text: str) -> str:
+    """argparse type: an existing model folder (as [`model_folder`]) or a Hub repo id `org/name`.
+
+    A repo id is only checked for its form here; whether it is in the local Hub cache (offline) or on the Hub is
+    checked before any model work by the tool that loads it.
+    """
+    if Path(text).expanduser().exists() or not is_repo_id(text):
+        try:
+            return model_folder(text)
+        except argparse.ArgumentTypeError as error:
+            if Path(text).expanduser().exists():
+                raise
+            raise argparse.ArgumentTypeError(f"{error}, or a Hub repo id such as 'org/name'") from None
+    return text
 
 
 def existing_file(text: str) -> str:

@@ -56,8 +56,10 @@ class RewardGuidance(PipelineCallback):
         guidance_steps (`int`, defaults to 3): Adam steps `M` per denoising step.
         guidance_lr (`float`, defaults to 0.5): Adam's learning rate `eta`.
         reward_weights (`list[float]`, *optional*): weights of the reward models (all 1 when omitted).
-        unmapped_tokens (`str` or `int`, defaults to `"unk"`): what diffusion tokens absent from a reward vocabulary
-            become (see [`VocabularyMap.from_tokenizers`]); `vocab_coverage` reports the mapped fraction.
+        unmapped_tokens (`str` or `int`, defaults to `"auto"`): what diffusion tokens absent from a reward vocabulary
+            become (see [`VocabularyMap.from_tokenizers`]; `"auto"`: the reward's unk token, else its pad token, else
+            its eos token, which works for every pair); `vocab_coverage` reports the mapped fraction and what the
+            rest became.
         padding_side (`str`, *optional*): overrides where reward inputs are padded (see `SequenceClassifierReward`).
         cutoff_step_ratio (`float`, defaults to 1.0): guide only the steps before this fraction of the schedule.
         cutoff_step_index (`int`, *optional*): guide only the steps before this index; pass it with
@@ -110,7 +112,7 @@ class RewardGuidance(PipelineCallback):
         guidance_steps: int = 3,
         guidance_lr: float = 0.5,
         reward_weights: Sequence[float] | None = None,
-        unmapped_tokens: str | int = "unk",
+        unmapped_tokens: str | int = "auto",
         padding_side: str | None = None,
         cutoff_step_ratio: float | None = 1.0,
         cutoff_step_index: int | None = None,
@@ -188,7 +190,11 @@ class RewardGuidance(PipelineCallback):
 
     @property
     def vocab_coverage(self) -> list[float]:
-        """For each reward model, the fraction of the diffusion vocabulary that maps onto its vocabulary."""
+        """For each reward model, the fraction of the diffusion vocabulary that maps onto its vocabulary.
+
+        The rest became one reward token each, `terms[i].vocab_map.unmapped_token` (`unmapped_id`), also logged when
+        the map is built: e.g. Qwen3's `<|endoftext|>` for Dream's `<|mask|>`, `<|beginoftext|>` and padded rows.
+        """
         return [term.vocab_map.coverage for term in self.terms]
 
     def prepare(

@@ -9,6 +9,15 @@ WordPiece token gets a space is read from the tokenizer's own decoder, the way t
 A token without a counterpart of the same surface may get an approximate one (`approximate=True`, the default): the
 same text in another casing (an uncased `israel` -> `ĠIsrael`), then the same text with the other spacing. `mapped`
 marks every token with a counterpart, `exact` those whose counterpart has the same surface.
+
+A token with no counterpart at all goes where the `unmapped` policy says. The default, `"auto"`, works for every
+pair of tokenizers: the reward tokenizer's unknown token, else its padding token, else its end-of-sequence token.
+Qwen-style tokenizers have no unknown token (`unk_token: null`), so between Dream's and a Qwen3 reward model's the
+unmapped rows (Dream's `<|mask|>` and `<|beginoftext|>`, and the padded embedding rows past its tokenizer) become
+the reward's padding token `<|endoftext|>`. None of them can change a reported reward: the pipeline never proposes
+the mask (its logit is `-inf`), and the reported rewards are computed on the decoded text, from which special
+tokens are dropped and ids past the tokenizer decode to nothing. During guidance such a row only stands in where the
+dLLM puts probability on it, as the unknown token stood in before.
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from ..validation import check_integer
 
 logger = logging.getLogger(__name__)
 
-UNMAPPED_POLICIES = ("unk", "eos", "pad", "error")
+UNMAPPED_POLICIES = ("auto", "unk", "eos", "pad", "error")
+# What `"auto"` tries, in order: the first role the reward tokenizer has a token for.
+AUTO_FALLBACK_ROLES = ("unk", "pad", "eos")
 
 
 def _canonical(token: str, style: str) -> tuple[str, bool]:
@@ -86,11 +97,18 @@ class VocabularyMap:
         ids (`torch.LongTensor` of shape `(source_vocab_size,)`): the target id of each source id.
         mapped (`torch.BoolTensor` of shape `(source_vocab_size,)`): whether the source token has a counterpart; the
             others were sent where the `unmapped` policy said.
+        exact (`torch.BoolTensor` of shape `(source_vocab_size,)`, *optional*): whether the counterpart has the same
+            surface (defaults to `mapped`).
+        unmapped_id (`int`, *optional*): the target id the tokens without a counterpart became (`None` when every
+            token has one).
+        unmapped_token (`str`, *optional*): that target token, as text (e.g. `"<|endoftext|>"`).
     """
 
     ids: torch.LongTensor
     mapped: torch.BoolTensor
     exact: torch.BoolTensor | None = None
+    unmapped_id: int | None = None
+    unmapped_token: str | None = None
 
     def __post_init__(self):
         if self.exact is None:
@@ -116,7 +134,7 @@ class VocabularyMap:
         cls,
         source,
         target,
-        unmapped: str | int = "unk",
+        unmapped: str | int = "auto",
         source_size: int | None = None,
         approximate: bool = True,
     ):
@@ -127,9 +145,10 @@ class VocabularyMap:
         Args:
             source: the diffusion model's tokenizer.
             target: the reward model's tokenizer.
-            unmapped (`str` or `int`, defaults to `"unk"`): what a source token without a counterpart becomes:
-                `"unk"`, `"eos"` or `"pad"` (the target's token of that role), a target token id, or `"error"` to
-                refuse a map whose coverage is below 1.
+            unmapped (`str` or `int`, defaults to `"auto"`): what a source token without a counterpart becomes:
+                `"auto"` (the target's unknown token, else its padding token, else its end-of-sequence token: see
+                the module docstring), `"unk"`, `"eos"` or `"pad"` (the target's token of that role), a target token
+                id, or `"error"` to refuse a map whose coverage is below 1.
             source_size (`int`, *optional*): the diffusion model's vocabulary size when it exceeds the tokenizer's
                 (padded embedding matrices); the extra ids are unmapped.
             approximate (`bool`, defaults to `True`): give a token without an exact counterpart the same text in
@@ -157,6 +176,14 @@ class VocabularyMap:
             fallback = unmapped
         elif unmapped == "error":
             fallback = -1
+        elif unmapped == "auto":
+            roles = (getattr(target, f"{role}_token_id", None) for role in AUTO_FALLBACK_ROLES)
+            fallback = next((i for i in roles if i is not None), None)
+            if fallback is None:
+                raise ValueError(
+                    "`unmapped='auto'` but the reward tokenizer has no unk, pad or eos token: pass a token id of the "
+                    "reward tokenizer as `unmapped` (`unmapped_tokens` of RewardGuidance)."
+                )
         else:
             fallback = getattr(target, f"{unmapped}_token_id", None)
             if fallback is None:
@@ -170,9 +197,11 @@ class VocabularyMap:
             if unmapped == "error":
                 raise ValueError(
                     f"{size - target_size} ids of the diffusion model ({size}) are past its tokenizer ({target_size}) "
-                    "and have no counterpart; choose an `unmapped` policy (e.g. 'unk') to send them somewhere."
+                    "and have no counterpart; choose an `unmapped` policy (e.g. 'auto') to send them somewhere."
                 )
-            return cls(ids=torch.where(known, torch.arange(size), fallback), mapped=known)
+            return cls(
+                ids=torch.where(known, torch.arange(size), fallback), mapped=known, **_unmapped(target, fallback, known)
+            )
         by_surface: dict[tuple[str, bool], int] = {}
         for j, surface in sorted(token_surfaces(target, target_vocab).items()):
             by_surface.setdefault(surface, j)  # the lowest id wins a tie
@@ -199,15 +228,24 @@ class VocabularyMap:
             if i is not None and j is not None and i not in by_role:
                 ids[i], mapped[i], exact[i] = j, True, True
                 by_role.add(i)
-        result = cls(ids=ids, mapped=mapped, exact=exact)
+        result = cls(ids=ids, mapped=mapped, exact=exact, **_unmapped(target, fallback, mapped))
         if unmapped == "error" and result.coverage < 1:
             raise ValueError(
                 f"Only {result.coverage:.1%} of the diffusion vocabulary maps onto the reward vocabulary; choose an "
-                "`unmapped` policy (e.g. 'unk') to send the rest somewhere."
+                "`unmapped` policy (e.g. 'auto') to send the rest somewhere."
             )
         logger.info(
-            "Vocabulary map covers %.2f%% of the diffusion model's tokens (%.2f%% with the same surface).",
+            "Vocabulary map covers %.2f%% of the diffusion model's tokens (%.2f%% with the same surface); the rest "
+            "become %r.",
             100 * result.coverage,
             100 * result.exact_coverage,
+            result.unmapped_token,
         )
         return result
+
+
+def _unmapped(target, fallback: int, mapped: torch.BoolTensor) -> dict:
+    """`unmapped_id` and `unmapped_token` of a map: where its tokens without a counterpart went (none: `None`)."""
+    if bool(mapped.all()) or fallback < 0:
+        return {}
+    return {"unmapped_id": int(fallback), "unmapped_token": target.convert_ids_to_tokens(int(fallback))}
