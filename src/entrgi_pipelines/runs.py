@@ -83,8 +83,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, gen_leng
     decoding.add_argument(
         "--guidance-scope",
         choices=("block", "response"),
-        default="response",
-        help="with blocks, what guidance sees: the whole response (default) or the response up to the current block",
+        default=None,
+        help="with blocks, what guidance sees: the whole response or the response up to the current block (default: "
+        "response for full-attention models, block for block-diffusion ones, which have logits for their block only)",
+    )
+    decoding.add_argument(
+        "--kv-cache",
+        choices=("auto", "prefix", "dual", "none"),
+        default="auto",
+        help="key/value cache: auto (default: the exact cache of block-diffusion models, none for full-attention "
+        "ones), prefix / dual (Fast-dLLM's approximate caches for full-attention models), none",
     )
 
 
@@ -189,7 +197,8 @@ def sampling_settings(
     threshold: float | None = None,
     commit_schedule: str = "time",
     confidence: str = "entropy",
-    guidance_scope: str = "response",
+    guidance_scope: str | None = "response",
+    kv_cache: str = "auto",
 ) -> argparse.Namespace:
     """The settings [`add_sampling_arguments`] parses from a command line, from values (K, T, L, M, eta, ...).
 
@@ -209,6 +218,7 @@ def sampling_settings(
         commit_schedule=commit_schedule,
         confidence=confidence,
         guidance_scope=guidance_scope,
+        kv_cache=kv_cache,
     )
 
 
@@ -224,6 +234,7 @@ def sampling_kwargs(args) -> dict:
         "block_length": getattr(args, "block_length", None),
         "threshold": getattr(args, "threshold", None),
         "guidance_scope": getattr(args, "guidance_scope", None),
+        "kv_cache": None if getattr(args, "kv_cache", "auto") == "none" else getattr(args, "kv_cache", "auto"),
     }
 
 

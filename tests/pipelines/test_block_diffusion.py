@@ -213,3 +213,15 @@ def test_bad_settings_are_refused_before_any_model_work(tokenizer, kwargs, error
 def test_full_attention_models_refuse_the_approximate_caches_for_now(pipe):
     with pytest.raises(NotImplementedError, match="kv_cache='prefix'"):
         pipe("the cat", gen_length=4, num_inference_steps=2, kv_cache="prefix")
+
+
+def test_the_command_line_flag_reaches_the_call():
+    import argparse
+
+    from entrgi_pipelines.runs import add_sampling_arguments, sampling_kwargs
+
+    parser = argparse.ArgumentParser()
+    add_sampling_arguments(parser, steps=8, gen_length=8)
+    assert sampling_kwargs(parser.parse_args([]))["kv_cache"] == "auto"
+    assert sampling_kwargs(parser.parse_args(["--kv-cache", "none"]))["kv_cache"] is None
+    assert sampling_kwargs(parser.parse_args([]))["guidance_scope"] is None  # the model's default scope
