@@ -97,12 +97,23 @@ def test_pipeline_from_pretrained_reads_safetensors_only_and_never_runs_folder_c
 
 
 def test_no_code_in_the_package_passes_trust_remote_code_other_than_false():
+    """Only `entrgi-bench --trust-remote-code` (issue 24: an explicit opt-in, off by default) passes the user's own
+    choice on; everything else passes False."""
     offenders = []
     for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             for keyword in getattr(node, "keywords", []) if isinstance(node, ast.Call) else []:
-                if keyword.arg == "trust_remote_code" and not (
-                    isinstance(keyword.value, ast.Constant) and keyword.value.value is False
-                ):
+                value = keyword.value
+                if keyword.arg != "trust_remote_code" or (isinstance(value, ast.Constant) and value.value is False):
+                    continue
+                opt_in = (
+                    path.name == "bench.py"
+                    and isinstance(value, ast.Name)
+                    and value.id in ("trust_remote_code", "trust")
+                )
+                if not opt_in:
                     offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert offenders == []
+    from entrgi_pipelines import bench
+
+    assert bench.build_parser().parse_args([]).trust_remote_code is False

@@ -651,7 +651,10 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             mask_token_id (`int`): the mask id.
             confidence_logits (`torch.Tensor`, *optional*): logits the confidence is computed from (the unguided
                 ones under guidance), else `model_output`.
-            temperature, top_p, top_k, generator: as in [`~MaskedDiffusionScheduler.step`].
+            temperature (`float`, defaults to 1.0): sampling temperature (>= 0; 0 is greedy).
+            top_p (`float`, *optional*): nucleus sampling mass in (0, 1].
+            top_k (`int`, *optional*): sample among the `top_k` most likely tokens.
+            generator (`torch.Generator`, *optional*): makes the sampling reproducible.
             threshold (`float`, *optional*): overrides the config's `threshold`.
             return_dict (`bool`, defaults to `True`): a [`MaskedDiffusionSchedulerOutput`] or a tuple.
         """
