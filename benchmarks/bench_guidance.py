@@ -331,7 +331,8 @@ def instrumented_call(pipe, guidance: RewardGuidance, call, device: torch.device
     captured: dict[str, object] = {"rewards": []}
 
     def optimize_logits(logits, *args, **kwargs):
-        masked_rows.append(int(logits.shape[0]))
+        index = kwargs.get("index")  # the guided rows of larger logits (issue 25), else the logits are the rows
+        masked_rows.append(int(logits.shape[0] if index is None else index[0].numel()))
         return regions.wrap("guidance: optimize_logits rest (tempered softmax, phi copy, loss, Python)", original)(
             logits, *args, **kwargs
         )
