@@ -331,8 +331,8 @@ def instrumented_call(pipe, guidance: RewardGuidance, call, device: torch.device
     captured: dict[str, object] = {"rewards": []}
 
     def optimize_logits(logits, *args, **kwargs):
-        index = kwargs.get("index")  # the guided rows of larger logits, or all rows of `(P, V)` logits
-        masked_rows.append(int(index[0].numel() if index is not None else logits.shape[0]))
+        index = kwargs.get("index")  # the guided rows of larger logits (issue 25), else the logits are the rows
+        masked_rows.append(int(logits.shape[0] if index is None else index[0].numel()))
         return regions.wrap("guidance: optimize_logits rest (tempered softmax, phi copy, loss, Python)", original)(
             logits, *args, **kwargs
         )

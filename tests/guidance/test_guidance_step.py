@@ -158,3 +158,59 @@ def test_guided_rows_written_in_place_give_the_tokens_of_the_copy(tokenizer, rew
     assert seen and not any(seen)
     assert torch.equal(in_place.sequences, copied.sequences)
     assert torch.allclose(in_place.rewards, copied.rewards)
+
+
+def test_step_entropy_weight_is_recomputed_from_the_optimised_logits_at_every_adam_step():
+    # "step" (the authors' rule): the weight at Adam step k is entropy_weight of phi after k steps, which a run of k
+    # steps returns (same seeds, same first k steps); "fixed" keeps the first one throughout.
+    logits, base = setup(4, P=6, V=40)
+    kwargs = dict(method="entrgi", lr=0.5, temperature=0.7, top_p=0.9)
+
+    def weights_seen(mode, steps):
+        seen = []
+
+        def reward(probs, hard, weight):
+            seen.append(weight.clone())
+            return base(probs, hard, weight)
+
+        out = optimize_logits(
+            logits, reward, num_steps=steps, entropy_weight=mode, generator=torch.Generator().manual_seed(7), **kwargs
+        )
+        return seen, out
+
+    fixed, _ = weights_seen("fixed", 3)
+    step, _ = weights_seen("step", 3)
+    assert all(torch.equal(w, fixed[0]) for w in fixed)
+    assert torch.equal(step[0], fixed[0])  # the first Adam step sees the model's logits either way
+    for k in (1, 2):
+        _, phi_k = weights_seen("step", k)
+        assert torch.allclose(step[k], entrgi.entropy_weight(phi_k), atol=1e-6)
+        assert not torch.allclose(step[k], fixed[0], atol=1e-6)  # guidance moved the entropy
+    # one Adam step: the same guided logits
+    assert torch.equal(weights_seen("step", 1)[1], weights_seen("fixed", 1)[1])
+
+
+def test_entropy_weight_is_checked_by_name(reward_model):
+    with pytest.raises(ValueError, match="`entropy_weight`"):
+        RewardGuidance(reward_model, entropy_weight="per_step")
+    with pytest.raises(TypeError, match="`entropy_weight`"):
+        RewardGuidance(reward_model, entropy_weight=1)
+    logits, reward = setup()
+    with pytest.raises(ValueError, match="`entropy_weight`"):
+        optimize_logits(logits, reward, entropy_weight="always")
+    assert RewardGuidance(reward_model, entropy_weight="step").config.entropy_weight == "step"
+
+
+def test_reward_guidance_passes_its_entropy_weight_rule_to_the_ascent(tokenizer, reward_model):
+    pipe = EntRGiPipeline(
+        model=tiny_masked_lm(len(tokenizer)), tokenizer=tokenizer, scheduler=MaskedDiffusionScheduler()
+    )
+    pipe.set_progress_bar_config(disable=True)
+    traces = {}
+    for mode in ("fixed", "step"):
+        guidance = RewardGuidance(reward_model, guidance_steps=3, keep_trace=True, entropy_weight=mode)
+        pipe("the cat", callback_on_step_end=guidance, gen_length=8, num_inference_steps=2, num_samples_per_prompt=2)
+        traces[mode] = [entry["weight"] for entry in guidance.trace[:3]]  # the Adam steps of the first step
+    assert all(torch.equal(w, traces["fixed"][0]) for w in traces["fixed"])
+    assert torch.equal(traces["step"][0], traces["fixed"][0])
+    assert not torch.equal(traces["step"][2], traces["step"][0])

@@ -78,13 +78,15 @@ def test_the_cpu_histogram_nucleus_is_the_sorted_nucleus():
         probs = (torch.randn(64, vocab, generator=g) * scale).softmax(-1)
         for top_p in (0.3, 0.9, 0.95, 0.999):
             by_sort = probs >= nucleus_threshold(probs, top_p)
-            by_histogram = scheduling_masked_diffusion._histogram_nucleus(probs, top_p)
+            by_histogram = scheduling_masked_diffusion.nucleus_mask(probs, top_p)  # on CPU: the histogram
             differ = (by_sort != by_histogram).sum(-1)
             assert (differ <= 1).all() and differ.sum() <= 3, (vocab, scale, top_p)
 
 
 def test_chunked_histogram_gives_the_mask_of_one_pass(monkeypatch):
     probs = logits(7, rows=37).softmax(-1)
-    whole = scheduling_masked_diffusion._histogram_nucleus(probs, 0.9)
-    monkeypatch.setattr(scheduling_masked_diffusion, "_CHUNK_ELEMENTS", 4 * probs.shape[-1])
-    assert torch.equal(scheduling_masked_diffusion._histogram_nucleus(probs, 0.9), whole)
+    whole, cdf = scheduling_masked_diffusion.nucleus_mask(probs, 0.9), nucleus_cdf(probs, 0.9)
+    monkeypatch.setattr(scheduling_masked_diffusion, "_CPU_CHUNK_ELEMENTS", 4 * probs.shape[-1])  # 10 chunks
+    assert torch.equal(scheduling_masked_diffusion.nucleus_mask(probs, 0.9), whole)
+    assert torch.equal(nucleus_cdf(probs, 0.9), cdf)
+    assert torch.equal(cdf, torch.where(whole, probs, 0.0).cumsum(-1))

@@ -10,7 +10,7 @@ import torch
 from diffusers.callbacks import PipelineCallback
 
 from ..validation import check_integer, check_number
-from .entrgi import GUIDANCE_METHODS, entrgi_embeddings, optimize_logits
+from .entrgi import ENTROPY_WEIGHTS, GUIDANCE_METHODS, entrgi_embeddings, optimize_logits
 from .rewards import RewardTerm, as_differentiable_reward, visible_before_eos
 from .templates import RewardTemplate
 from .vocab import UNMAPPED_POLICIES, VocabularyMap
@@ -76,6 +76,9 @@ class RewardGuidance(PipelineCallback):
             per call for causal reward models (default: wherever the model supports it; `False` turns it off).
         compile (`bool`, defaults to `False`): run the vocabulary-wide part of each Adam step through `torch.compile`
             (eager where compilation fails; see [`optimize_logits`] and `docs/performance.md` for when it pays off).
+        entropy_weight (`str`, defaults to `"fixed"`): with `guidance="entrgi"`, when `w` is computed: `"fixed"`, once
+            per denoising step from the model's logits (this project's rule); `"step"`, at every Adam step from the
+            optimised logits, as the authors' scripts do (see `shared/design/method.md`).
 
     After each denoising step, `guidance_reward` holds the summed reward `(N,)` that the step's last Adam step
     computed on the method's input (`None` when the step was not guided): the pipeline's free `"guidance"` potential
@@ -120,6 +123,7 @@ class RewardGuidance(PipelineCallback):
         reward_template: Any = None,
         prefix_cache: bool | None = None,
         compile: bool = False,
+        entropy_weight: str = "fixed",
     ):
         if cutoff_step_index is not None and cutoff_step_ratio == 1.0:
             cutoff_step_ratio = None  # an index alone is enough: the ratio's default must not clash with it
@@ -168,6 +172,13 @@ class RewardGuidance(PipelineCallback):
             raise ValueError(f"`prefix_cache` must be True, False or None (where supported), got {prefix_cache!r}.")
         if not isinstance(compile, bool):
             raise TypeError(f"`compile` must be True or False, got {compile!r}.")
+        if not isinstance(entropy_weight, str):
+            raise TypeError(f"`entropy_weight` must be one of {ENTROPY_WEIGHTS}, got {entropy_weight!r}.")
+        if entropy_weight not in ENTROPY_WEIGHTS:
+            raise ValueError(
+                f"`entropy_weight` must be one of {ENTROPY_WEIGHTS} (once per denoising step, or at every Adam step "
+                f"as the paper's scripts), got {entropy_weight!r}."
+            )
         # Registered by hand: the models are not configuration (diffusers' decorator misaligns positional
         # arguments when the leading ones are ignored).
         self.register_to_config(
@@ -180,6 +191,7 @@ class RewardGuidance(PipelineCallback):
             keep_trace=keep_trace,
             prefix_cache=prefix_cache,
             compile=compile,
+            entropy_weight=entropy_weight,
         )
         self.terms: list[RewardTerm] = []
         self.trace: list[dict[str, torch.Tensor]] = []
@@ -333,6 +345,7 @@ class RewardGuidance(PipelineCallback):
             return_fallback=True,
             compile=self.config.compile,
             index=(rows, columns if logit_columns is None else logit_columns),
+            entropy_weight=self.config.entropy_weight,
         )
         # SMC's "guidance" potential: the reward of the method's input at the last Adam step (it costs nothing more)
         self.guidance_reward = latest[0].detach() if latest else None
