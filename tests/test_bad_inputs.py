@@ -87,6 +87,7 @@ PIPELINE_CASES = {
     "top_k_bool": (dict(top_k=True), TypeError, "`top_k`"),
     "block_length_float": (dict(block_length=2.5), TypeError, "`block_length`"),
     "guidance_scope_unknown": (dict(guidance_scope="all"), ValueError, "`guidance_scope`"),
+    "entropy_weight_unknown": (dict(entropy_weight="adam"), ValueError, "`entropy_weight`"),
     "reward_template_without_reward": (dict(reward_model=None, reward_template="{response}"), ValueError, "template"),
     "mask_token_out_of_vocabulary": (dict(mask_token_id=10**6), ValueError, "`mask_token_id`"),
     "reward_prompt_count": (dict(reward_prompt=["a", "b"]), ValueError, "`reward_prompt`"),

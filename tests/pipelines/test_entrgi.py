@@ -314,3 +314,17 @@ def test_dream_style_pipeline_runs_end_to_end(tokenizer, reward_model):
     pipe.set_progress_bar_config(disable=True)
     out = pipe(PROMPTS, reward_model=reward_model, generator=seeded(), **FAST)
     assert (out.sequences != tokenizer.mask_token_id).all() and out.rewards.shape == (3, 2)
+
+
+def test_entropy_weight_step_is_the_callbacks_rule_and_differs_from_fixed(pipe, reward_model):
+    """`pipe(..., entropy_weight="step")` runs the authors' rule (w from the optimised logits at every Adam step), the
+    same as a `RewardGuidance(entropy_weight="step")` callback; the default keeps w fixed per denoising step."""
+    call = dict(gen_length=8, num_inference_steps=4, num_samples_per_prompt=2, guidance_steps=3, guidance_lr=2.0)
+    step = pipe(
+        "the cat", reward_model=reward_model, entropy_weight="step", generator=torch.Generator().manual_seed(0), **call
+    )
+    callback = RewardGuidance(reward_model, guidance_steps=3, guidance_lr=2.0, entropy_weight="step")
+    same = pipe("the cat", callback_on_step_end=callback, generator=torch.Generator().manual_seed(0), **call)
+    fixed = pipe("the cat", reward_model=reward_model, generator=torch.Generator().manual_seed(0), **call)
+    assert torch.equal(step.sequences, same.sequences)
+    assert not torch.equal(step.sequences, fixed.sequences) or not torch.equal(step.rewards, fixed.rewards)

@@ -14,7 +14,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput, replace_example_docstring
 
-from ...guidance.entrgi import GUIDANCE_METHODS
+from ...guidance.entrgi import ENTROPY_WEIGHTS, GUIDANCE_METHODS
 from ...guidance.resampling import ParticleResampler, check_resampling_arguments
 from ...guidance.reward_guidance import RewardGuidance
 from ...guidance.rewards import visible_before_eos
@@ -275,6 +275,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         guidance_steps: int,
         guidance_lr: float,
         guidance_scope: str | None,
+        entropy_weight: str,
         num_inference_steps: int,
         gen_length: int,
         num_samples_per_prompt: int,
@@ -315,6 +316,8 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         check_integer("guidance_steps", guidance_steps, minimum=0)
         check_number("guidance_lr", guidance_lr, low=0.0, low_open=True)
         check_choice("guidance_scope", guidance_scope, GUIDANCE_SCOPES, none_ok=True)
+        check_instance("entropy_weight", entropy_weight, str, "one of " + str(ENTROPY_WEIGHTS))
+        check_choice("entropy_weight", entropy_weight, ENTROPY_WEIGHTS)
         check_number("temperature", temperature, low=0.0)
         check_number("top_p", top_p, low=0.0, high=1.0, low_open=True, none_ok=True)
         check_integer("top_k", top_k, minimum=1, none_ok=True)
@@ -739,6 +742,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         guidance_steps: int = 3,
         guidance_lr: float = 0.5,
         guidance_scope: str | None = None,
+        entropy_weight: str = "fixed",
         num_inference_steps: int = 128,
         gen_length: int = 128,
         num_samples_per_prompt: int = 4,
@@ -790,6 +794,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 chosen by measurement: docs/decoding.md) every masked position as the method's soft/hard mix, all of
                 them guided; `"block"` the response up to the current block's end, only the current block's masked
                 positions guided (cheaper). The same with one block.
+            entropy_weight (`str`, defaults to `"fixed"`): with `guidance="entrgi"`, when `w = H / log V` is
+                computed: `"fixed"` once per denoising step from the model's logits (this project's rule, which
+                scored higher here), `"step"` from the optimised logits at every Adam step (the authors' scripts).
             num_inference_steps (`int`, defaults to 128): denoising steps `T` of the whole response, over all its
                 blocks (with blocks, each block gets `T / num_blocks`). diffusers' `LLaDA2Pipeline` counts its
                 `num_inference_steps` per block instead: its `num_inference_steps=S` with `block_length=b` and
@@ -864,6 +871,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             guidance_steps=guidance_steps,
             guidance_lr=guidance_lr,
             guidance_scope=guidance_scope,
+            entropy_weight=entropy_weight,
             num_inference_steps=num_inference_steps,
             gen_length=gen_length,
             num_samples_per_prompt=num_samples_per_prompt,
@@ -893,6 +901,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 guidance=guidance or "entrgi",
                 guidance_steps=guidance_steps,
                 guidance_lr=float(guidance_lr),
+                entropy_weight=entropy_weight,
             )
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
