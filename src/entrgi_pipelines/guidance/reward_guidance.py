@@ -11,6 +11,7 @@ from diffusers.callbacks import PipelineCallback
 
 from ..validation import check_integer, check_number
 from .entrgi import GUIDANCE_METHODS, entrgi_embeddings, optimize_logits
+from .prefix_cache import BlockCache
 from .rewards import RewardTerm, as_differentiable_reward, visible_before_eos
 from .templates import RewardTemplate
 from .vocab import UNMAPPED_POLICIES, VocabularyMap
@@ -72,6 +73,12 @@ class RewardGuidance(PipelineCallback):
             `[user: {target}, assistant: {response}]` (a text pair for tokenizers without a chat template).
         prefix_cache (`bool`, *optional*): compute the keys and values of the conversation before the response once
             per call for causal reward models (default: wherever the model supports it; `False` turns it off).
+        block_cache (`bool`, *optional*): with `guidance_scope="block"` (block-causal dLLMs, or `block_length`),
+            compute the keys and values of the conversation before the response and of each row's committed blocks
+            once per block for causal reward models, and feed only the current block and the text after the
+            response at every Adam step (see [`RewardTerm.update_block_cache`]); the same rewards and gradients to
+            float tolerance. Default: wherever the model supports it (decoder classifiers, [`CausalLMReward`]);
+            `False` turns it off. Encoder rewards (BERT, MiniLM) read the whole input at every step.
         compile (`bool`, defaults to `False`): run the vocabulary-wide part of each Adam step through `torch.compile`
             (eager where compilation fails; see [`optimize_logits`] and `docs/performance.md` for when it pays off).
 
@@ -118,6 +125,7 @@ class RewardGuidance(PipelineCallback):
         reward_template: Any = None,
         prefix_cache: bool | None = None,
         compile: bool = False,
+        block_cache: bool | None = None,
     ):
         if cutoff_step_index is not None and cutoff_step_ratio == 1.0:
             cutoff_step_ratio = None  # an index alone is enough: the ratio's default must not clash with it
@@ -164,6 +172,8 @@ class RewardGuidance(PipelineCallback):
         self.reward_templates = [None if t is None else RewardTemplate.from_any(t) for t in templates]
         if prefix_cache not in (None, True, False):
             raise ValueError(f"`prefix_cache` must be True, False or None (where supported), got {prefix_cache!r}.")
+        if block_cache not in (None, True, False):
+            raise ValueError(f"`block_cache` must be True, False or None (where supported), got {block_cache!r}.")
         if not isinstance(compile, bool):
             raise TypeError(f"`compile` must be True or False, got {compile!r}.")
         # Registered by hand: the models are not configuration (diffusers' decorator misaligns positional
@@ -178,6 +188,7 @@ class RewardGuidance(PipelineCallback):
             keep_trace=keep_trace,
             prefix_cache=prefix_cache,
             compile=compile,
+            block_cache=block_cache,
         )
         self.terms: list[RewardTerm] = []
         self.trace: list[dict[str, torch.Tensor]] = []
@@ -213,7 +224,14 @@ class RewardGuidance(PipelineCallback):
                     pipeline.tokenizer, tokenizer, self.config.unmapped_tokens, source_size=vocab_size
                 )
                 term = RewardTerm(
-                    model, tokenizer, weight, vocab_map, self.config.padding_side, template, self.config.prefix_cache
+                    model,
+                    tokenizer,
+                    weight,
+                    vocab_map,
+                    self.config.padding_side,
+                    template,
+                    self.config.prefix_cache,
+                    self.config.block_cache,
                 )
                 if term.vocab_map.ids.max() >= term.embeddings.weight.shape[0]:
                     raise ValueError(
@@ -250,15 +268,31 @@ class RewardGuidance(PipelineCallback):
             return matrix[tokens].masked_scatter(masked[..., None], mixed)
         return matrix[tokens].index_put(index, mixed)
 
-    def guided_reward(self, tokens, masked, probs, hard, weight, index=None, end=None) -> torch.Tensor:
+    def block_caches(
+        self, tokens: torch.LongTensor, block_bounds: torch.LongTensor, rows: torch.LongTensor | None = None
+    ) -> list[BlockCache | None]:
+        """Each reward term's [`BlockCache`] of the responses' committed parts (before `block_bounds[:, 0]`), built
+        when a row's committed part changed since the last step, else the last one; `None` for terms without one."""
+        visible = visible_before_eos(tokens, self._call["eos_token_id"])
+        return [
+            term.update_block_cache(tokens, visible, block_bounds, rows) if term.block_cache else None
+            for term in self.terms
+        ]
+
+    def guided_reward(
+        self, tokens, masked, probs, hard, weight, index=None, end=None, blocks=None, rows=None
+    ) -> torch.Tensor:
         """Summed reward `(N,)` of the responses whose masked positions are fed as EntRGi embeddings (`index`: see
-        `response_embeddings`); with `end`, the responses are cut there (positions from `end` on are hidden)."""
+        `response_embeddings`); with `end`, the responses are cut there (positions from `end` on are hidden). With
+        `blocks` (see `block_caches`, one per term), each term reads only the current block after its cache; `rows`:
+        the prepared sample of each row (all, in order, when None)."""
         sampled = tokens.masked_scatter(masked, hard) if index is None else tokens.index_put(index, hard)
         visible = _visible_until(visible_before_eos(sampled, self._call["eos_token_id"]), end)
         total = 0.0
-        for term in self.terms:
+        for term, block in zip(self.terms, blocks or [None] * len(self.terms)):
             embeds = self.response_embeddings(term, tokens, masked, probs, hard, weight, index)
-            total = total + term.weight * term.reward(embeds, visible.to(embeds.device)).to(probs.device)
+            reward = term.reward(embeds, visible.to(embeds.device), block, rows)
+            total = total + term.weight * reward.to(probs.device)
         if self.config.keep_trace:
             self.trace.append(
                 {"tokens": sampled, "visible": visible, "reward": total.detach(), "weight": weight.detach().reshape(-1)}
@@ -308,9 +342,13 @@ class RewardGuidance(PipelineCallback):
             return callback_kwargs
         masked = torch.zeros_like(tokens, dtype=torch.bool).index_put_((rows, columns), torch.ones((), dtype=bool))
         latest = []
+        # Rows of the batch by prepared sample (where the pipeline drops finished rows), and, in the "block" scope,
+        # the keys and values of every row's prefix and committed blocks: built when they change, not per Adam step.
+        samples = callback_kwargs.get("active_rows")
+        blocks = self.block_caches(tokens, bounds, samples) if end is not None else None
 
         def reward_fn(probs, hard, weight):
-            latest[:] = [self.guided_reward(tokens, masked, probs, hard, weight, (rows, columns), end)]
+            latest[:] = [self.guided_reward(tokens, masked, probs, hard, weight, (rows, columns), end, blocks, samples)]
             return latest[0]
 
         phi, fallback = optimize_logits(
