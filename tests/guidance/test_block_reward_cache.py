@@ -5,6 +5,7 @@ encoder rewards keep working without it."""
 
 import pytest
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from transformers import BertForSequenceClassification
 
 from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler, RewardGuidance
@@ -99,6 +100,8 @@ def test_rows_select_their_prepared_samples(bpe):
     some, _ = reward_and_gradient(term, embeds[rows], visible[rows], block, rows)
     torch.testing.assert_close(some, everyone[rows], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(term.reward(embeds[rows], visible[rows], rows=rows), everyone[rows], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="active_rows"):
+        term.reward(embeds[rows], visible[rows])
 
 
 def test_the_cache_is_extended_once_per_block_and_rebuilt_when_a_committed_token_changes(bpe):
@@ -147,7 +150,7 @@ def test_the_cache_is_extended_once_per_block_and_rebuilt_when_a_committed_token
     assert widths == [4 + term._context["suffix"].shape[1]]
 
 
-def sdar_pipe(tokenizer):
+def sdar_pipe(tokenizer, stop=False):
     torch.manual_seed(0)
     config = SDARConfig(
         vocab_size=len(tokenizer),
@@ -168,8 +171,46 @@ def sdar_pipe(tokenizer):
         output.logits[..., stops] = float("-inf")
         return output
 
-    pipe.model.register_forward_hook(never_stop)
+    def first_row_stops(module, args, output):  # row 0 ends in its first block, the others never
+        never_stop(module, args, output)
+        if output.logits.shape[0] == 4:
+            output.logits[0, :, stops[0]] = 1e4
+        return output
+
+    pipe.model.register_forward_hook(first_row_stops if stop else never_stop)
     return pipe
+
+
+class RowsOfTheBatch(PipelineCallback):
+    """Hands guidance the prepared sample of each row (`active_rows`) where row 0 has left the batch: what the
+    pipeline must pass where finished rows leave."""
+
+    tensor_inputs = ["logits"]
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+        callback_kwargs["active_rows"] = torch.arange(4 - callback_kwargs["logits"].shape[0], 4)
+        return callback_kwargs
+
+
+def test_guidance_follows_the_rows_that_remain(tokenizer):
+    pipe = sdar_pipe(tokenizer, stop=True)
+    model = tiny_decoder_reward_model(len(tokenizer), seed=2)
+    kwargs = dict(gen_length=12, num_inference_steps=6, num_samples_per_prompt=2)
+    outs = []
+    for block_cache in (None, False):
+        guided = RewardGuidance(model, guidance="entrgi", guidance_steps=2, keep_trace=True, block_cache=block_cache)
+        callbacks = MultiPipelineCallbacks([RowsOfTheBatch(), guided])
+        generator = torch.Generator().manual_seed(0)
+        outs.append((pipe(["the cat", "why"], callback_on_step_end=callbacks, generator=generator, **kwargs), guided))
+    (cached, cached_guidance), (uncached, uncached_guidance) = outs
+    assert cached.row_nfe[0, 0] < cached.row_nfe[1, 0], "row 0 left the batch"
+    assert min(entry["tokens"].shape[0] for entry in cached_guidance.trace) == 3
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for a, b in zip(cached_guidance.trace, uncached_guidance.trace, strict=True):
+        torch.testing.assert_close(a["reward"], b["reward"], atol=1e-5, rtol=1e-5)
+    # without the rows, guidance cannot tell whose prompt a row answers, and says so
+    with pytest.raises(ValueError, match="active_rows"):
+        pipe(["the cat", "why"], reward_model=model, guidance_steps=1, **kwargs)
 
 
 def full_attention_pipe(tokenizer):

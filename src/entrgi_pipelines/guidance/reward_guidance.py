@@ -194,6 +194,8 @@ class RewardGuidance(PipelineCallback):
         self.trace: list[dict[str, torch.Tensor]] = []
         self._call: dict[str, Any] = {}
         self._fallbacks: list[torch.Tensor] = []  # per guided step: how many samples fell back (on device)
+        # The guided step's block caches (one per term, or None) and rows, for `guided_reward`.
+        self._step_caches: tuple[list | None, torch.Tensor | None] = (None, None)
         # The reward `(N,)` the last Adam step of the latest denoising step computed (None: that step was not guided).
         self.guidance_reward: torch.Tensor | None = None
 
@@ -245,6 +247,7 @@ class RewardGuidance(PipelineCallback):
         self._call = {"tokenizer": pipeline.tokenizer, **settings}
         self.trace = []
         self._fallbacks = []
+        self._step_caches = (None, None)
 
     def response_embeddings(
         self,
@@ -279,17 +282,17 @@ class RewardGuidance(PipelineCallback):
             for term in self.terms
         ]
 
-    def guided_reward(
-        self, tokens, masked, probs, hard, weight, index=None, end=None, blocks=None, rows=None
-    ) -> torch.Tensor:
+    def guided_reward(self, tokens, masked, probs, hard, weight, index=None, end=None) -> torch.Tensor:
         """Summed reward `(N,)` of the responses whose masked positions are fed as EntRGi embeddings (`index`: see
-        `response_embeddings`); with `end`, the responses are cut there (positions from `end` on are hidden). With
-        `blocks` (see `block_caches`, one per term), each term reads only the current block after its cache; `rows`:
-        the prepared sample of each row (all, in order, when None)."""
+        `response_embeddings`); with `end`, the responses are cut there (positions from `end` on are hidden).
+
+        Inside a guided step, each term with a block cache (see `block_caches`) reads only the current block after
+        it, and the rows are the step's `active_rows` (the prepared sample of each row; all, in order, without)."""
+        blocks, rows = self._step_caches
         sampled = tokens.masked_scatter(masked, hard) if index is None else tokens.index_put(index, hard)
         visible = _visible_until(visible_before_eos(sampled, self._call["eos_token_id"]), end)
         total = 0.0
-        for term, block in zip(self.terms, blocks or [None] * len(self.terms)):
+        for term, block in zip(self.terms, blocks or [None] * len(self.terms), strict=True):
             embeds = self.response_embeddings(term, tokens, masked, probs, hard, weight, index)
             reward = term.reward(embeds, visible.to(embeds.device), block, rows)
             total = total + term.weight * reward.to(probs.device)
@@ -348,8 +351,10 @@ class RewardGuidance(PipelineCallback):
         blocks = self.block_caches(tokens, bounds, samples) if end is not None else None
 
         def reward_fn(probs, hard, weight):
-            latest[:] = [self.guided_reward(tokens, masked, probs, hard, weight, (rows, columns), end, blocks, samples)]
+            latest[:] = [self.guided_reward(tokens, masked, probs, hard, weight, (rows, columns), end)]
             return latest[0]
+
+        self._step_caches = (blocks, samples)  # read by `guided_reward` (subclasses keep its signature)
 
         phi, fallback = optimize_logits(
             logits,
@@ -366,6 +371,7 @@ class RewardGuidance(PipelineCallback):
             compile=self.config.compile,
             index=(rows, columns if logit_columns is None else logit_columns),
         )
+        self._step_caches = (None, None)
         # SMC's "guidance" potential: the reward of the method's input at the last Adam step (it costs nothing more)
         self.guidance_reward = latest[0].detach() if latest else None
         per_sample = tokens.new_zeros(tokens.shape[0], dtype=torch.int).index_add_(0, rows, fallback.int())

@@ -286,9 +286,14 @@ class RewardTerm:
             mask = context["prefix_keep"].gather(1, order).long()
             self._context["cache"] = PrefixCache(self.cache_model, embeds, mask, rows)
 
-    def _rows_context(self, rows: torch.LongTensor | None) -> dict[str, Any]:
+    def _rows_context(self, rows: torch.LongTensor | None, batch: int) -> dict[str, Any]:
         """The prepared context of the samples `rows` (all when None), kept while the same `rows` tensor comes."""
         if rows is None:
+            if batch != self._context["prefix"].shape[0]:
+                raise ValueError(
+                    f"Got {batch} responses for {self._context['prefix'].shape[0]} prepared samples: pass `rows`, the "
+                    "prepared sample of each response (the pipeline's `active_rows` when finished rows leave)."
+                )
             return self._context
         if self._selected is None or self._selected[0] is not rows:
             context = {
@@ -372,7 +377,7 @@ class RewardTerm:
 
     def _committed_cache(self, rows, past: PrefixCache | None, tokens, keep, length: int) -> PrefixCache | None:
         """`past` (by default the prefix cache of `rows`) extended by the `keep` tokens, left-packed to `length`."""
-        c = self._rows_context(rows)
+        c = self._rows_context(rows, tokens.shape[0])
         past = c["cache"] if past is None else past
         if length == 0:
             return past
@@ -402,12 +407,7 @@ class RewardTerm:
         """
         if self._context is None:
             raise RuntimeError("Call `prepare(reward_prompts, device)` before computing rewards.")
-        c, dtype = self._rows_context(rows), response_embeds.dtype
-        if rows is None and response_embeds.shape[0] != c["prefix"].shape[0]:
-            raise ValueError(
-                f"Got {response_embeds.shape[0]} responses for {c['prefix'].shape[0]} prepared samples: pass `rows`, "
-                "the prepared sample of each response (the pipeline's `active_rows` when finished rows leave)."
-            )
+        c, dtype = self._rows_context(rows, response_embeds.shape[0]), response_embeds.dtype
         cache: PrefixCache | None = c["cache"]
         if block is not None:
             cache = block.cache
