@@ -332,6 +332,25 @@ class RewardTerm:
                 `[start, end)`; `start` may be negative.
             rows (`torch.LongTensor` of shape `(N,)`, *optional*): the prepared sample of each row (all, in order,
                 when omitted).
+
+        Examples:
+            ```py
+            >>> import torch
+            >>> from entrgi_pipelines.guidance import RewardTerm
+            >>> from entrgi_pipelines.testing import tiny_decoder_reward_model, tiny_wordpiece_tokenizer
+
+            >>> tokenizer = tiny_wordpiece_tokenizer()
+            >>> term = RewardTerm(tiny_decoder_reward_model(len(tokenizer)), tokenizer)
+            >>> term.prepare(["the cat", "why"], "cpu")
+            >>> tokens = torch.randint(5, len(tokenizer), (2, 8))
+            >>> visible = torch.ones_like(tokens, dtype=torch.bool)
+            >>> bounds = torch.tensor([[4, 8], [0, 4]])  # row 0 has committed 4 tokens, row 1 none
+            >>> block = term.update_block_cache(tokens, visible, bounds)
+            >>> embeds = term.dllm_embedding_matrix()[tokens]
+            >>> visible = visible & (torch.arange(8) < bounds[:, 1:])  # nothing after the block is seen
+            >>> torch.allclose(term.reward(embeds, visible, block), term.reward(embeds, visible), atol=1e-5)
+            True
+            ```
         """
         if self._context is None:
             raise RuntimeError("Call `prepare(reward_prompts, device)` before building a block cache.")
