@@ -219,12 +219,21 @@ def full_attention_pipe(tokenizer):
     return pipe
 
 
-@pytest.mark.parametrize("dllm", ["sdar", "blocks_of_full_attention"])
+@pytest.mark.parametrize("dllm", ["sdar", "blocks_of_full_attention", "blocks_with_smc"])
 @pytest.mark.parametrize("guidance", ["entrgi", "aps"])
-def test_guided_calls_are_the_same_with_and_without_the_block_cache(tokenizer, dllm, guidance):
+def test_guided_calls_are_the_same_with_and_without_the_block_cache(tokenizer, dllm, guidance, monkeypatch):
     pipe = sdar_pipe(tokenizer) if dllm == "sdar" else full_attention_pipe(tokenizer)
     blocks = {} if dllm == "sdar" else dict(block_length=4, guidance_scope="block")
+    if dllm == "blocks_with_smc":  # rows are reordered at every step: their committed blocks change under the cache
+        blocks.update(resample="smc", resample_every=1, resample_ess=1.0, resample_temperature=0.3)
     model = tiny_decoder_reward_model(len(tokenizer), seed=2)
+    builds, build = [], RewardTerm._committed_cache  # each cache build: extended or from the prefix, and its width
+
+    def spy(term, rows, past, tokens, keep, length):
+        builds.append(("extended" if past is not None else "from the prefix", length))
+        return build(term, rows, past, tokens, keep, length)
+
+    monkeypatch.setattr(RewardTerm, "_committed_cache", spy)
     outs, guidances = [], []
     for block_cache in (None, False):
         guided = RewardGuidance(model, guidance=guidance, guidance_steps=2, keep_trace=True, block_cache=block_cache)
@@ -233,7 +242,7 @@ def test_guided_calls_are_the_same_with_and_without_the_block_cache(tokenizer, d
             callback_on_step_end=guided,
             gen_length=12,
             num_inference_steps=6,
-            num_samples_per_prompt=2,
+            num_samples_per_prompt=3 if dllm == "blocks_with_smc" else 2,
             generator=torch.Generator().manual_seed(0),
             **blocks,
         )
@@ -243,6 +252,12 @@ def test_guided_calls_are_the_same_with_and_without_the_block_cache(tokenizer, d
     assert guidances[0].terms[0]._block is not None and guidances[1].terms[0]._block is None
     assert torch.equal(outs[0].sequences, outs[1].sequences)
     torch.testing.assert_close(outs[0].rewards, outs[1].rewards, atol=1e-5, rtol=1e-5)
+    # once per block, the cache is extended by the block just committed (4 tokens); under SMC a reordered row's
+    # committed tokens change, and the cache is rebuilt from the prefix (8 tokens)
+    assert ("extended", 4) in builds
+    assert (("from the prefix", 8) in builds) is (dllm == "blocks_with_smc")
+    if dllm == "blocks_with_smc":
+        assert outs[0].ancestry.tolist() == outs[1].ancestry.tolist()
     for cached, uncached in zip(guidances[0].trace, guidances[1].trace, strict=True):
         torch.testing.assert_close(cached["reward"], uncached["reward"], atol=1e-5, rtol=1e-5)
     if guidance == "aps":  # hard inputs: the guidance-time reward is the reward of the sampled tokens
