@@ -188,6 +188,36 @@ def test_finished_rows_leave_the_batch(tokenizer):
     assert min(shape[0] for shape in shapes) < 4, "a finished row costs no further dLLM compute"
 
 
+@pytest.mark.parametrize("guidance", ["entrgi", "none"])
+def test_a_guided_call_goes_on_when_rows_finish_early(tokenizer, guidance):
+    """The rows still decoding are guided with their own prompts (`active_rows`) once others have left the batch, and
+    every reported reward is the reward of its sample's own text."""
+    pipe = make_pipe(tokenizer, "sdar", sharp=False)
+    eos = pipe.eos_token_id
+
+    def end_first_prompt(module, args, output):  # prompt 0's samples write end-of-sequence at once
+        if output.logits.shape[0] == 4:
+            output.logits[:2, :, eos] = 1e4
+        return output
+
+    pipe.model.register_forward_hook(end_first_prompt)
+    reward = tiny_reward_model(len(tokenizer))
+    out = pipe(
+        PROMPTS[:2],
+        reward_model=reward,
+        guidance=guidance,
+        reward_prompt=["a cat", "the sea"],
+        gen_length=12,
+        num_inference_steps=6,
+        num_samples_per_prompt=2,
+        guidance_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert (out.row_nfe[0] < out.row_nfe[1]).all()
+    assert out.rewards.shape == (2, 2) and out.rewards.isfinite().all()
+    assert (out.sequences[0, :, 0] == eos).all() and (out.sequences[1] != tokenizer.mask_token_id).all()
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [

@@ -11,6 +11,7 @@ from diffusers.callbacks import PipelineCallback
 
 from ..validation import check_integer, check_number
 from .entrgi import ENTROPY_WEIGHTS, GUIDANCE_METHODS, entrgi_embeddings, optimize_logits
+from .prefix_cache import BlockCache
 from .rewards import RewardTerm, as_differentiable_reward, visible_before_eos
 from .templates import RewardTemplate
 from .vocab import UNMAPPED_POLICIES, VocabularyMap
@@ -74,6 +75,12 @@ class RewardGuidance(PipelineCallback):
             `[user: {target}, assistant: {response}]` (a text pair for tokenizers without a chat template).
         prefix_cache (`bool`, *optional*): compute the keys and values of the conversation before the response once
             per call for causal reward models (default: wherever the model supports it; `False` turns it off).
+        block_cache (`bool`, *optional*): with `guidance_scope="block"` (block-causal dLLMs, or `block_length`),
+            compute the keys and values of the conversation before the response and of each row's committed blocks
+            once per block for causal reward models, and feed only the current block and the text after the
+            response at every Adam step (see [`RewardTerm.update_block_cache`]); the same rewards and gradients to
+            float tolerance. Default: wherever the model supports it (decoder classifiers, [`CausalLMReward`]);
+            `False` turns it off. Encoder rewards (BERT, MiniLM) read the whole input at every step.
         compile (`bool`, defaults to `False`): run the vocabulary-wide part of each Adam step through `torch.compile`
             (eager where compilation fails; see [`optimize_logits`] and `docs/performance.md` for when it pays off).
         entropy_weight (`str`, defaults to `"fixed"`): with `guidance="entrgi"`, when `w` is computed: `"fixed"`, once
@@ -105,7 +112,7 @@ class RewardGuidance(PipelineCallback):
         ```
     """
 
-    tensor_inputs = ["logits", "response_tokens", "block_bounds", "masked_positions"]
+    tensor_inputs = ["logits", "response_tokens", "block_bounds", "masked_positions", "active_rows"]
 
     def __init__(
         self,
@@ -124,6 +131,7 @@ class RewardGuidance(PipelineCallback):
         prefix_cache: bool | None = None,
         compile: bool = False,
         entropy_weight: str = "fixed",
+        block_cache: bool | None = None,
     ):
         if cutoff_step_index is not None and cutoff_step_ratio == 1.0:
             cutoff_step_ratio = None  # an index alone is enough: the ratio's default must not clash with it
@@ -170,6 +178,8 @@ class RewardGuidance(PipelineCallback):
         self.reward_templates = [None if t is None else RewardTemplate.from_any(t) for t in templates]
         if prefix_cache not in (None, True, False):
             raise ValueError(f"`prefix_cache` must be True, False or None (where supported), got {prefix_cache!r}.")
+        if block_cache not in (None, True, False):
+            raise ValueError(f"`block_cache` must be True, False or None (where supported), got {block_cache!r}.")
         if not isinstance(compile, bool):
             raise TypeError(f"`compile` must be True or False, got {compile!r}.")
         if not isinstance(entropy_weight, str):
@@ -192,11 +202,14 @@ class RewardGuidance(PipelineCallback):
             prefix_cache=prefix_cache,
             compile=compile,
             entropy_weight=entropy_weight,
+            block_cache=block_cache,
         )
         self.terms: list[RewardTerm] = []
         self.trace: list[dict[str, torch.Tensor]] = []
         self._call: dict[str, Any] = {}
         self._fallbacks: list[torch.Tensor] = []  # per guided step: how many samples fell back (on device)
+        # The guided step's block caches (one per term, or None) and rows, for `guided_reward`.
+        self._step_caches: tuple[list | None, torch.Tensor | None] = (None, None)
         # The reward `(N,)` the last Adam step of the latest denoising step computed (None: that step was not guided).
         self.guidance_reward: torch.Tensor | None = None
 
@@ -231,7 +244,14 @@ class RewardGuidance(PipelineCallback):
                     pipeline.tokenizer, tokenizer, self.config.unmapped_tokens, source_size=vocab_size
                 )
                 term = RewardTerm(
-                    model, tokenizer, weight, vocab_map, self.config.padding_side, template, self.config.prefix_cache
+                    model,
+                    tokenizer,
+                    weight,
+                    vocab_map,
+                    self.config.padding_side,
+                    template,
+                    self.config.prefix_cache,
+                    self.config.block_cache,
                 )
                 if term.vocab_map.ids.max() >= term.embeddings.weight.shape[0]:
                     raise ValueError(
@@ -245,6 +265,7 @@ class RewardGuidance(PipelineCallback):
         self._call = {"tokenizer": pipeline.tokenizer, **settings}
         self.trace = []
         self._fallbacks = []
+        self._step_caches = (None, None)
 
     def response_embeddings(
         self,
@@ -268,15 +289,31 @@ class RewardGuidance(PipelineCallback):
             return matrix[tokens].masked_scatter(masked[..., None], mixed)
         return matrix[tokens].index_put(index, mixed)
 
+    def block_caches(
+        self, tokens: torch.LongTensor, block_bounds: torch.LongTensor, rows: torch.LongTensor | None = None
+    ) -> list[BlockCache | None]:
+        """Each reward term's [`BlockCache`] of the responses' committed parts (before `block_bounds[:, 0]`), built
+        when a row's committed part changed since the last step, else the last one; `None` for terms without one."""
+        visible = visible_before_eos(tokens, self._call["eos_token_id"])
+        return [
+            term.update_block_cache(tokens, visible, block_bounds, rows) if term.block_cache else None
+            for term in self.terms
+        ]
+
     def guided_reward(self, tokens, masked, probs, hard, weight, index=None, end=None) -> torch.Tensor:
         """Summed reward `(N,)` of the responses whose masked positions are fed as EntRGi embeddings (`index`: see
-        `response_embeddings`); with `end`, the responses are cut there (positions from `end` on are hidden)."""
+        `response_embeddings`); with `end`, the responses are cut there (positions from `end` on are hidden).
+
+        Inside a guided step, each term with a block cache (see `block_caches`) reads only the current block after
+        it, and the rows are the step's `active_rows` (the prepared sample of each row; all, in order, without)."""
+        blocks, rows = self._step_caches
         sampled = tokens.masked_scatter(masked, hard) if index is None else tokens.index_put(index, hard)
         visible = _visible_until(visible_before_eos(sampled, self._call["eos_token_id"]), end)
         total = 0.0
-        for term in self.terms:
+        for term, block in zip(self.terms, blocks or [None] * len(self.terms), strict=True):
             embeds = self.response_embeddings(term, tokens, masked, probs, hard, weight, index)
-            total = total + term.weight * term.reward(embeds, visible.to(embeds.device)).to(probs.device)
+            reward = term.reward(embeds, visible.to(embeds.device), block, rows)
+            total = total + term.weight * reward.to(probs.device)
         if self.config.keep_trace:
             self.trace.append(
                 {"tokens": sampled, "visible": visible, "reward": total.detach(), "weight": weight.detach().reshape(-1)}
@@ -326,10 +363,16 @@ class RewardGuidance(PipelineCallback):
             return callback_kwargs
         masked = torch.zeros_like(tokens, dtype=torch.bool).index_put_((rows, columns), torch.ones((), dtype=bool))
         latest = []
+        # Rows of the batch by prepared sample (where the pipeline drops finished rows), and, in the "block" scope,
+        # the keys and values of every row's prefix and committed blocks: built when they change, not per Adam step.
+        samples = callback_kwargs.get("active_rows")
+        blocks = self.block_caches(tokens, bounds, samples) if end is not None else None
 
         def reward_fn(probs, hard, weight):
             latest[:] = [self.guided_reward(tokens, masked, probs, hard, weight, (rows, columns), end)]
             return latest[0]
+
+        self._step_caches = (blocks, samples)  # read by `guided_reward` (subclasses keep its signature)
 
         phi, fallback = optimize_logits(
             logits,
@@ -347,6 +390,7 @@ class RewardGuidance(PipelineCallback):
             index=(rows, columns if logit_columns is None else logit_columns),
             entropy_weight=self.config.entropy_weight,
         )
+        self._step_caches = (None, None)
         # SMC's "guidance" potential: the reward of the method's input at the last Adam step (it costs nothing more)
         self.guidance_reward = latest[0].detach() if latest else None
         per_sample = tokens.new_zeros(tokens.shape[0], dtype=torch.int).index_add_(0, rows, fallback.int())

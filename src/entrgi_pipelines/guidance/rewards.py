@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..validation import check_choice
-from .prefix_cache import PrefixCache, cache_argument, cacheable_model
+from .prefix_cache import BlockCache, PrefixCache, cache_argument, cacheable_model
 from .templates import RewardTemplate, layout_response
 from .vocab import VocabularyMap
 
@@ -176,6 +176,9 @@ class RewardTerm:
             `[user: {target}, assistant: {response}]` (a text pair without a chat template).
         prefix_cache (`bool`, *optional*): compute the keys and values of the conversation prefix once per call (see
             [`PrefixCache`]); by default on for causal (left-padded) HF models that take a cache.
+        block_cache (`bool`, *optional*): with `guidance_scope="block"`, compute the keys and values of the prefix
+            and of each row's committed response once per block (see [`update_block_cache`]); by default on where the
+            prefix cache can be (it holds the prefix even with `prefix_cache=False`).
     """
 
     def __init__(
@@ -187,6 +190,7 @@ class RewardTerm:
         padding_side: str | None = None,
         template: RewardTemplate | Sequence | str | None = None,
         prefix_cache: bool | None = None,
+        block_cache: bool | None = None,
     ):
         self.adapter = as_differentiable_reward(reward_model, padding_side)
         self.tokenizer = tokenizer
@@ -209,6 +213,14 @@ class RewardTerm:
                 "pass `prefix_cache=None` to use it where possible."
             )
         self.prefix_cache = prefix_cache is not False and self.cache_model is not None
+        if block_cache and self.cache_model is None:
+            raise ValueError(
+                "`block_cache=True` needs a causal HF reward model that takes a key/value cache (left padding); "
+                "pass `block_cache=None` to use it where possible."
+            )
+        self.block_cache = block_cache is not False and self.cache_model is not None
+        self._block: BlockCache | None = None
+        self._selected: tuple[torch.Tensor, dict[str, Any]] | None = None
         self._context: dict[str, Any] | None = None
         self._dllm_embeddings: torch.Tensor | None = None
 
@@ -231,6 +243,7 @@ class RewardTerm:
                 `reward_prompts`.
         """
         self._dllm_embeddings = None  # re-read at every call: the reward model's weights may have changed since
+        self._block = self._selected = None  # built from this call's prefixes and tokens
         prompts = list(reward_prompts) if prompts is None else list(prompts)
         if len(prompts) != len(reward_prompts):
             raise ValueError(f"Got {len(prompts)} `prompts` for {len(reward_prompts)} `reward_prompts`.")
@@ -273,12 +286,151 @@ class RewardTerm:
             mask = context["prefix_keep"].gather(1, order).long()
             self._context["cache"] = PrefixCache(self.cache_model, embeds, mask, rows)
 
-    def reward(self, response_embeds: torch.Tensor, visible: torch.BoolTensor) -> torch.Tensor:
-        """Reward `(N,)` of responses given as embeddings `(N, L, D)`; positions where `visible` is False are unseen."""
+    def _rows_context(self, rows: torch.LongTensor | None, batch: int) -> dict[str, Any]:
+        """The prepared context of the samples `rows` (all when None), kept while the same `rows` tensor comes."""
+        if rows is None:
+            if batch != self._context["prefix"].shape[0]:
+                raise ValueError(
+                    f"Got {batch} responses for {self._context['prefix'].shape[0]} prepared samples: pass `rows`, the "
+                    "prepared sample of each response (the pipeline's `active_rows` when finished rows leave)."
+                )
+            return self._context
+        if self._selected is None or self._selected[0] is not rows:
+            context = {
+                name: value.index_select(0, rows.to(value.device)) if isinstance(value, torch.Tensor) else value
+                for name, value in self._context.items()
+                if name not in ("leads", "cache")
+            }
+            cache = self._context["cache"]
+            context["cache"] = cache.select(rows.to(cache.attention_mask.device)) if cache is not None else None
+            self._selected = (rows, context)
+        return self._selected[1]
+
+    def update_block_cache(
+        self,
+        tokens: torch.LongTensor,
+        visible: torch.BoolTensor,
+        block_bounds: torch.LongTensor,
+        rows: torch.LongTensor | None = None,
+    ) -> BlockCache:
+        """The [`BlockCache`] of responses whose positions before `block_bounds[:, 0]` are committed.
+
+        The committed part (the seen positions before each row's block) is read by the model without gradient, after
+        the prefix cache (or with the prefix, without one), left-padded per row with positions that count real
+        tokens, so that a forward of the block after it gives the uncached reward and gradients. The last cache is
+        kept while the rows, their block bounds and their committed tokens stay the same (one host sync per call to
+        check: per denoising step, not per Adam step). When rows move on to their next block it is extended by the
+        newly committed tokens alone (one forward of a block's width; a row that did not move gets padding there),
+        and rebuilt from the prefix when a committed token changed (SMC resampled a row), the rows changed, or the
+        padding would outgrow the real tokens.
+
+        Args:
+            tokens (`torch.LongTensor` of shape `(N, L)`): the response tokens (diffusion ids).
+            visible (`torch.BoolTensor` of shape `(N, L)`): the positions the reward model sees (before the first
+                end-of-sequence token).
+            block_bounds (`torch.LongTensor` of shape `(N, 2)`): each row's current block, response positions
+                `[start, end)`; `start` may be negative.
+            rows (`torch.LongTensor` of shape `(N,)`, *optional*): the prepared sample of each row (all, in order,
+                when omitted).
+
+        Examples:
+            ```py
+            >>> import torch
+            >>> from entrgi_pipelines.guidance import RewardTerm
+            >>> from entrgi_pipelines.testing import tiny_decoder_reward_model, tiny_wordpiece_tokenizer
+
+            >>> tokenizer = tiny_wordpiece_tokenizer()
+            >>> term = RewardTerm(tiny_decoder_reward_model(len(tokenizer)), tokenizer)
+            >>> term.prepare(["the cat", "why"], "cpu")
+            >>> tokens = torch.randint(5, len(tokenizer), (2, 8))
+            >>> visible = torch.ones_like(tokens, dtype=torch.bool)
+            >>> bounds = torch.tensor([[4, 8], [0, 4]])  # row 0 has committed 4 tokens, row 1 none
+            >>> block = term.update_block_cache(tokens, visible, bounds)
+            >>> embeds = term.dllm_embedding_matrix()[tokens]
+            >>> visible = visible & (torch.arange(8) < bounds[:, 1:])  # nothing after the block is seen
+            >>> torch.allclose(term.reward(embeds, visible, block), term.reward(embeds, visible), atol=1e-5)
+            True
+            ```
+        """
+        if self._context is None:
+            raise RuntimeError("Call `prepare(reward_prompts, device)` before building a block cache.")
+        device = self.embeddings.weight.device
+        # a copy of the bounds: the key must not follow a caller that edits its tensor in place
+        tokens, visible, block_bounds = tokens.to(device), visible.to(device), block_bounds.to(device, copy=True)
+        start, positions = block_bounds[:, 0], torch.arange(tokens.shape[1], device=device)
+        committed = visible & (positions < start[:, None])
+        key = (block_bounds, torch.where(committed, tokens, -1))
+        key = key if rows is None else (*key, rows.to(device))
+        width, length = (block_bounds[:, 1] - start).max(), committed.sum(-1).max()
+        old = self._block
+        if old is None or len(old.key) != len(key) or any(a.shape != b.shape for a, b in zip(old.key, key)):
+            width, length = torch.stack([width, length]).tolist()
+            self._block = BlockCache(self._committed_cache(rows, None, tokens, committed, length), start, width, key)
+            return self._block
+        unchanged = ~torch.stack([(a != b).any() for a, b in zip(old.key, key)]).any()
+        # Extendable: the same rows, none moved back, every cached token still committed and the same, and the new
+        # ones after them.
+        was_committed = old.key[1] >= 0
+        new = committed & ~was_committed
+        same = [(a == b).all() for a, b in zip(old.key[2:], key[2:])]
+        extendable = torch.stack(
+            [
+                (start >= old.start).all(),
+                (torch.where(was_committed, key[1], -1) == old.key[1]).all(),
+                ~(new & (positions < old.start[:, None])).any(),
+                *same,
+            ]
+        ).all()
+        grow = new.sum(-1).max()
+        real = (old.cache.attention_mask.sum(-1) + new.sum(-1)).max() if old.cache is not None else grow
+        checks = [unchanged, extendable, width, length, grow, real]
+        unchanged, extendable, width, length, grow, real = torch.stack([t.long() for t in checks]).tolist()
+        if unchanged:  # the step's one host sync said so
+            return old
+        if extendable and old.cache is not None and old.cache.attention_mask.shape[1] + grow <= 2 * real:
+            cache = self._committed_cache(rows, old.cache, tokens, new, grow)
+        else:
+            cache = self._committed_cache(rows, None, tokens, committed, length)
+        self._block = BlockCache(cache, start, width, key)
+        return self._block
+
+    def _committed_cache(self, rows, past: PrefixCache | None, tokens, keep, length: int) -> PrefixCache | None:
+        """`past` (by default the prefix cache of `rows`) extended by the `keep` tokens, left-packed to `length`."""
+        c = self._rows_context(rows, tokens.shape[0])
+        past = c["cache"] if past is None else past
+        if length == 0:
+            return past
+        order = pack(keep, "left")[:, keep.shape[1] - length :]
+        embeds = self.dllm_embedding_matrix()[tokens.gather(1, order)]
+        mask = keep.gather(1, order)
+        if past is None:  # no prefix cache: the prefix is read here, with the committed part
+            embeds = torch.cat([c["prefix"].to(embeds.dtype), embeds], dim=1)
+            mask = torch.cat([c["prefix_keep"], mask], dim=1)
+            order = pack(mask, "left")
+            embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+            mask = mask.gather(1, order)
+        return PrefixCache(self.cache_model, embeds, mask.long(), past=past)
+
+    def reward(
+        self,
+        response_embeds: torch.Tensor,
+        visible: torch.BoolTensor,
+        block: BlockCache | None = None,
+        rows: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """Reward `(N,)` of responses given as embeddings `(N, L, D)`; positions where `visible` is False are unseen.
+
+        With `block` (from [`update_block_cache`] for these responses' committed tokens), only each row's current
+        block is read, after the cached prefix and committed part: the same reward and gradients with respect to the
+        block's embeddings, at the cost of the block and the suffix. `rows`: the prepared sample of each row.
+        """
         if self._context is None:
             raise RuntimeError("Call `prepare(reward_prompts, device)` before computing rewards.")
-        c, dtype = self._context, response_embeds.dtype
+        c, dtype = self._rows_context(rows, response_embeds.shape[0]), response_embeds.dtype
         cache: PrefixCache | None = c["cache"]
+        if block is not None:
+            cache = block.cache
+            response_embeds, visible = block.window(response_embeds, visible)
         response_types = c["response_type"][:, None].expand_as(visible)
         parts = [
             (response_embeds, visible, response_types),

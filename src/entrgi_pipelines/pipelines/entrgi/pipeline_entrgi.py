@@ -205,6 +205,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         "attention_mask",
         "block_bounds",
         "masked_positions",
+        "active_rows",
     ]
 
     @classmethod
@@ -605,6 +606,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                         "sequences": tokens[active],
                         "attention_mask": torch.ones_like(tokens[active]),
                         "block_bounds": torch.stack([start[active], start[active] + b], -1) - lengths[active, None],
+                        "active_rows": active,  # the rows still decoding (finished ones have left the batch)
                     }
                     callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs if k in available}
                     outputs = callback_on_step_end(self, step, scheduler.timesteps[0], callback_kwargs)
@@ -848,8 +850,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 `PipelineCallback` (such as [`RewardGuidance`]) or `MultiPipelineCallbacks`, called after the model's
                 forward pass and before the scheduler step; returned tensors replace the pipeline's.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors a function callback receives,
-                among `logits` `(N, L, V)`, `response_tokens` `(N, L)`, `sequences` `(N, P + L)`, `attention_mask`
-                and `block_bounds` `(N, 2)` (each row's current block, response positions `[start, end)`).
+                among `logits` `(N, L, V)`, `response_tokens` `(N, L)`, `sequences` `(N, P + L)`, `attention_mask`,
+                `block_bounds` `(N, 2)` (each row's current block, response positions `[start, end)`), and for
+                block-causal models `active_rows` (the samples still decoding, in batch order).
 
         Examples:
 
@@ -1030,7 +1033,8 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                         "block_bounds": block_bounds,
                         "masked_positions": positions,
                     }
-                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                    # every row decodes until the end here: no `active_rows`
+                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs if k in available}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     logits = callback_outputs.pop("logits", logits)
                     # guidance that edited the logits in place hands the model's rows at `positions` for ranking
