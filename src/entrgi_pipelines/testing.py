@@ -156,3 +156,27 @@ def tiny_decoder_reward_model(vocab_size: int, seed: int = 0, scale: float = 4.0
     torch.manual_seed(seed)
     config = tiny_llama_config(vocab_size, num_labels=1, pad_token_id=0)
     return _scale_init(LlamaForSequenceClassification(config), scale).eval()
+
+
+def tiny_block_diffusion_lm(
+    vocab_size: int, mask_token_id: int, kind: str = "sdar", block_size: int = 4, seed: int = 0
+) -> torch.nn.Module:
+    """A random block-diffusion LM of this package's native classes: SDAR (`kind="sdar"`, Qwen3 layers, no logit
+    shift) or Fast-dLLM v2 (`"fast_dllm"`, Qwen2 layers, shifted logits), 2 layers, 32 wide."""
+    from .models import Fast_dLLM_QwenConfig, Fast_dLLM_QwenForCausalLM, SDARConfig, SDARForCausalLM
+
+    torch.manual_seed(seed)
+    shape = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mask_token_id=mask_token_id,
+    )
+    if kind == "sdar":
+        return SDARForCausalLM(SDARConfig(head_dim=8, block_size=block_size, **shape)).eval()
+    if kind == "fast_dllm":
+        return Fast_dLLM_QwenForCausalLM(Fast_dLLM_QwenConfig(bd_size=block_size, **shape)).eval()
+    raise ValueError(f"`kind` must be 'sdar' or 'fast_dllm', got {kind!r}.")

@@ -10,9 +10,9 @@ from transformers import BertForSequenceClassification
 
 from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler, RewardGuidance
 from entrgi_pipelines.guidance import CausalLMReward, RewardTemplate, RewardTerm
-from entrgi_pipelines.models import SDARConfig, SDARForCausalLM
 from entrgi_pipelines.testing import (
     tiny_bert_config,
+    tiny_block_diffusion_lm,
     tiny_bpe_tokenizer,
     tiny_causal_lm,
     tiny_decoder_reward_model,
@@ -151,19 +151,8 @@ def test_the_cache_is_extended_once_per_block_and_rebuilt_when_a_committed_token
 
 
 def sdar_pipe(tokenizer, stop=False):
-    torch.manual_seed(0)
-    config = SDARConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        block_size=4,
-        mask_token_id=tokenizer.mask_token_id,
-    )
-    pipe = EntRGiPipeline(SDARForCausalLM(config).eval(), tokenizer, MaskedDiffusionScheduler())
+    model = tiny_block_diffusion_lm(len(tokenizer), tokenizer.mask_token_id)
+    pipe = EntRGiPipeline(model, tokenizer, MaskedDiffusionScheduler())
     pipe.set_progress_bar_config(disable=True)
     stops = pipe.stop_token_ids
 

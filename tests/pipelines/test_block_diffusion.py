@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler, RewardGuidance
-from entrgi_pipelines.models import Fast_dLLM_QwenConfig, Fast_dLLM_QwenForCausalLM, SDARConfig, SDARForCausalLM
-from entrgi_pipelines.testing import tiny_reward_model
+from entrgi_pipelines.testing import tiny_block_diffusion_lm, tiny_reward_model
 
 PROMPTS = ["the cat", "a man and a woman walked to the old city by the sea", "why"]
 
@@ -21,23 +20,10 @@ def _sharpen(module, args, output):
 
 
 def block_model(tokenizer, kind: str, block_size: int = 4, seed: int = 0, sharp: bool = True):
-    torch.manual_seed(seed)
-    shape = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        mask_token_id=tokenizer.mask_token_id,
-    )
-    if kind == "sdar":
-        model = SDARForCausalLM(SDARConfig(head_dim=8, block_size=block_size, **shape))
-    else:
-        model = Fast_dLLM_QwenForCausalLM(Fast_dLLM_QwenConfig(bd_size=block_size, **shape))
+    model = tiny_block_diffusion_lm(len(tokenizer), tokenizer.mask_token_id, kind, block_size, seed)
     if sharp:
         model.register_forward_hook(_sharpen)
-    return model.eval()
+    return model
 
 
 def make_pipe(tokenizer, kind="sdar", **kwargs):
