@@ -489,8 +489,9 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             timestep (`float` or `torch.Tensor`): the current time, one of `self.timesteps`.
             sample (`torch.LongTensor` of shape `(batch_size, gen_length)`): the current response tokens.
             mask_token_id (`int`): the id that marks a masked position.
-            confidence_logits (`torch.Tensor`, *optional*): logits the confidence is computed from (see class doc):
-                `(batch_size, gen_length, vocab_size)`, or `(P, vocab_size)`, the rows at `masked_positions`.
+            confidence_logits (`torch.Tensor`, *optional*): logits the confidence is computed from (see the class
+                doc), either `(batch_size, gen_length, vocab_size)` or `(P, vocab_size)`, the rows at
+                `masked_positions`.
             temperature (`float`, defaults to 1.0): sampling temperature (>= 0; 0 is greedy); confidences use it too.
             top_p (`float`, *optional*): nucleus sampling mass in (0, 1].
             top_k (`int`, *optional*): sample among the `top_k` most likely tokens.
