@@ -402,7 +402,8 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
     def _check_cache_and_blocks(
         self, kv_cache, block_length, guidance_scope, resample, gen_length, num_inference_steps
     ) -> None:
-        """`kv_cache` and the settings a block-causal model constrains."""
+        """`kv_cache` (the approximate caches need a model that takes a `FullAttentionKVCache`, and "dual" with
+        several blocks has no logits for the response scope) and the settings a block-causal model constrains."""
         check_choice("kv_cache", kv_cache, KV_CACHE_MODES, none_ok=True)
         if not self.block_causal:
             if kv_cache not in ("prefix", "dual"):
