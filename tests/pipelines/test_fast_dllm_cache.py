@@ -343,3 +343,18 @@ def test_a_model_that_cannot_take_the_cache_is_refused(tokenizer):
     for kv_cache in ("prefix", "dual"):
         with pytest.raises(ValueError, match="FullAttentionKVCache.*BertForMaskedLM"):
             pipe(PROMPTS, kv_cache=kv_cache, **RUN)
+
+
+@pytest.mark.parametrize("kv_cache", ["prefix", "dual"])
+def test_the_caches_add_no_host_sync_to_a_guided_call(family, chat_tokenizer, kv_cache):
+    """The same ops wait for the device with the cache as without it (a one-layer model: the same tokens, so the same
+    decoding path), so the cached steps cost no host sync of their own."""
+    pipe = make_pipe(chat_tokenizer, family, layers=1, sharp=True)
+    run = dict(RUN, reward_model=tiny_reward_model(len(chat_tokenizer)), guidance_scope="block", threshold=0.3)
+    pipe(PROMPTS, **run)  # builds the reward guidance (its vocabulary maps), which the next calls reuse
+    seen = {}
+    for cache in (None, kv_cache):
+        with HostReads() as reads:
+            pipe(PROMPTS, kv_cache=cache, generator=torch.Generator().manual_seed(0), **run)
+        seen[cache] = reads.seen
+    assert seen[kv_cache] == seen[None] and seen[None]
