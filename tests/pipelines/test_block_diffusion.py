@@ -226,8 +226,9 @@ def test_bad_settings_are_refused_before_any_model_work(tokenizer, kwargs, error
     assert not calls
 
 
-def test_full_attention_models_refuse_the_approximate_caches_for_now(pipe):
-    with pytest.raises(NotImplementedError, match="kv_cache='prefix'"):
+def test_a_full_attention_model_without_the_cache_refuses_the_approximate_caches(pipe):
+    # a BERT dLLM cannot take a FullAttentionKVCache (tests/pipelines/test_fast_dllm_cache.py: Dream and LLaDA can)
+    with pytest.raises(ValueError, match="kv_cache='prefix'"):
         pipe("the cat", gen_length=4, num_inference_steps=2, kv_cache="prefix")
 
 

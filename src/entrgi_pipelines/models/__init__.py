@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .cache_block import BlockKVCache
+from .cache_full_attention import FullAttentionKVCache
 from .configuration_block_diffusion import Fast_dLLM_QwenConfig, SDARConfig
 from .configuration_dream import DreamConfig
 from .configuration_llada import LLaDAConfig
@@ -81,6 +82,7 @@ __all__ = [
     "Fast_dLLM_QwenConfig",
     "Fast_dLLM_QwenForCausalLM",
     "Fast_dLLM_QwenModel",
+    "FullAttentionKVCache",
     "LLaDAConfig",
     "LLaDAModelLM",
     "SDARConfig",

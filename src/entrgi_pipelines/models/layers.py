@@ -106,12 +106,18 @@ class AttentionMask:
 
     @classmethod
     def build(
-        cls, attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, dtype: torch.dtype
+        cls,
+        attention_mask: torch.Tensor | None,
+        batch_size: int,
+        seq_len: int,
+        dtype: torch.dtype,
+        key_len: int | None = None,
     ) -> AttentionMask:
-        """Reads a `(B, S)` padding mask (1 or True for real tokens: padded keys are hidden from every query), a
-        boolean or integer `(B, 1 or H, S, S)` pairwise mask (Dream's own `generate` builds one from the padding mask)
-        or a floating-point `(B, 1 or H, S, S)` additive mask (0 to attend, a large negative number to hide; cast to
-        `dtype`, no empty-row handling).
+        """Reads a `(B, S_k)` padding mask (1 or True for real tokens: padded keys are hidden from every query), a
+        boolean or integer `(B, 1 or H, S, S_k)` pairwise mask (Dream's own `generate` builds one from the padding
+        mask) or a floating-point `(B, 1 or H, S, S_k)` additive mask (0 to attend, a large negative number to hide;
+        cast to `dtype`, no empty-row handling). `S` is the number of queries (`seq_len`) and `S_k` that of keys
+        (`key_len`, by default `seq_len`; more with a [`FullAttentionKVCache`], whose cached keys are attended to).
 
         A mask that hides nothing is kept, not dropped: finding that out (`mask.all()`) reads the tensor back on
         the host, a device sync every forward pass. What it would save on CPU (benchmarks/native_models.py, one
@@ -121,18 +127,20 @@ class AttentionMask:
         """
         if attention_mask is None:
             return cls()
+        key_len = seq_len if key_len is None else key_len
         if attention_mask.dim() == 2:
-            if tuple(attention_mask.shape) != (batch_size, seq_len):
+            if tuple(attention_mask.shape) != (batch_size, key_len):
                 raise ValueError(
-                    f"`attention_mask` of shape {tuple(attention_mask.shape)} does not match the input's "
-                    f"(batch, sequence) = {(batch_size, seq_len)}."
+                    f"`attention_mask` of shape {tuple(attention_mask.shape)} does not match the "
+                    f"(batch, keys) = {(batch_size, key_len)} of this forward pass (the input's sequence, or the "
+                    "cached one with a cache)."
                 )
-            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): the same keys for every query
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S_k): the same keys for every query
         elif attention_mask.dim() == 4:
-            if attention_mask.shape[0] != batch_size or tuple(attention_mask.shape[-2:]) != (seq_len, seq_len):
+            if attention_mask.shape[0] != batch_size or tuple(attention_mask.shape[-2:]) != (seq_len, key_len):
                 raise ValueError(
                     f"`attention_mask` of shape {tuple(attention_mask.shape)} does not match (batch, 1 or heads, "
-                    f"sequence, sequence) = ({batch_size}, 1, {seq_len}, {seq_len})."
+                    f"queries, keys) = ({batch_size}, 1, {seq_len}, {key_len})."
                 )
             if attention_mask.is_floating_point():
                 return cls(mask=attention_mask.to(dtype))
@@ -168,13 +176,15 @@ def bidirectional_attention(
 
 
 def refuse_unsupported_kwargs(kwargs: dict) -> None:
-    """Arguments of the published forward passes that the native ones accept only unset (no cache, no weights)."""
+    """Arguments of the published forward passes that the native ones accept only unset (no attention weights, no
+    loss; the cache is a [`FullAttentionKVCache`], never the published code's tuples)."""
     accepted_unset = {"use_cache", "past_key_values", "output_attentions", "cache_position", "labels"}
     for name, value in kwargs.items():
         if name not in accepted_unset:
             raise TypeError(f"forward() got an unexpected keyword argument {name!r}.")
         if value is not None and value is not False:
             raise ValueError(
-                f"`{name}` is not supported by the native Dream and LLaDA classes (no key/value cache, no attention "
+                f"`{name}` is not supported by the native Dream and LLaDA classes in this form (their key/value "
+                "cache is `past_key_values=FullAttentionKVCache()`, with `cache_position` to read it; no attention "
                 "weights, no loss): leave it unset, or load the repository's own code with `trust_remote_code=True`."
             )

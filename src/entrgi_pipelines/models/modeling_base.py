@@ -3,21 +3,27 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
+from .cache_full_attention import FullAttentionKVCache
 from .layers import AttentionMask, RMSNorm, default_position_ids, refuse_unsupported_kwargs, rope_base, rotary_cos_sin
 
 
 class BidirectionalLM(PreTrainedModel):
-    """A masked diffusion LM: a transformer with bidirectional attention and RoPE, without a key/value cache.
+    """A masked diffusion LM: a transformer with bidirectional attention and RoPE, with Fast-dLLM's approximate
+    key/value cache on request ([`FullAttentionKVCache`]).
 
     A subclass builds its modules under the published checkpoint's names and states where they are, as dotted paths
     from the model: `_embedding_path` (the token embedding), `_layers_path` (the `nn.ModuleList` of layers, each
-    called as `layer(hidden_states, cos, sin, mask)` with an [`AttentionMask`]), `_norm_path` (the final norm) and
+    called as `layer(hidden_states, cos, sin, mask, kv)` with an [`AttentionMask`] and `kv` None or a function
+    `(keys, values) -> (keys, values)` that its attention applies to its rotated `(N, H_kv, S, D)` keys and values
+    before attending), `_norm_path` (the final norm) and
     `_head_path` (the output projection; the embedding is used when that module is absent, as with tied weights). It
     may override `_scale_embeddings`, `_scale_logits` and `_initializer_std`.
     """
@@ -76,46 +82,76 @@ class BidirectionalLM(PreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: FullAttentionKVCache | None = None,
+        cache_position: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
         **kwargs,
     ) -> MaskedLMOutput | tuple:
         r"""
-        Logits for every position.
+        Logits for every input position.
 
         Args:
             input_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*): token ids; or `inputs_embeds`.
-            attention_mask (`torch.Tensor`, *optional*): a `(batch, seq)` padding mask (1 for real tokens: padded
-                keys are hidden from every query), or a boolean `(batch, 1, seq, seq)` pairwise mask (True: may
-                attend), or a float additive `(batch, 1, seq, seq)` mask.
+            attention_mask (`torch.Tensor`, *optional*): a `(batch, keys)` padding mask (1 for real tokens: padded
+                keys are hidden from every query), or a boolean `(batch, 1, seq, keys)` pairwise mask (True: may
+                attend), or a float additive `(batch, 1, seq, keys)` mask. `keys` is `seq`, or the cached sequence's
+                length when reading a cache.
             position_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*): RoPE positions; defaults to
-                `0 .. seq - 1`. With left padding, pass the positions counted from each row's first real token.
+                `0 .. seq - 1` (to `cache_position` when reading a cache). With left padding, pass the positions
+                counted from each row's first real token.
             inputs_embeds (`torch.FloatTensor` of shape `(batch, seq, hidden)`, *optional*): input embeddings
                 instead of `input_ids` (differentiable).
             output_hidden_states (`bool`, *optional*): also return the input of every layer and the final normed
                 hidden states.
             return_dict (`bool`, *optional*): return a `MaskedLMOutput` (default) or a tuple.
-            kwargs: accepted for compatibility with callers of the published code when unset (`use_cache=False`,
-                `past_key_values=None`, `output_attentions=False`); anything else is refused.
+            past_key_values ([`FullAttentionKVCache`], *optional*): Fast-dLLM's approximate cache. Without
+                `cache_position` this forward runs the whole sequence and fills it; with `cache_position` it runs
+                only the input's tokens against it (see [`FullAttentionKVCache`]).
+            cache_position (`torch.LongTensor` of shape `(seq,)`, *optional*): with `past_key_values`, the columns
+                of the cached sequence that the input's tokens sit at (the same for every row).
+            use_cache (`bool`, *optional*): accepted for callers of the published code; `False` with a cache is
+                refused as a contradiction.
+            kwargs: accepted for compatibility with callers of the published code when unset
+                (`output_attentions=False`, `labels=None`); anything else is refused.
 
         Returns:
             `MaskedLMOutput` with `logits` `(batch, seq, vocab)` (and `hidden_states` when asked), or a tuple.
         """
         refuse_unsupported_kwargs(kwargs)
+        if past_key_values is None:
+            refuse_unsupported_kwargs({"use_cache": use_cache, "cache_position": cache_position})
+        elif not isinstance(past_key_values, FullAttentionKVCache):
+            refuse_unsupported_kwargs({"past_key_values": past_key_values})
+        elif use_cache is False:
+            raise ValueError("`use_cache=False` contradicts `past_key_values=`: drop one of them.")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         hidden_states = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
         hidden_states = self._scale_embeddings(hidden_states)
         batch, seq_len = hidden_states.shape[:2]
+        layers = self.get_submodule(self._layers_path)
+        key_len = seq_len
+        if past_key_values is not None:
+            key_len = past_key_values.begin(batch, seq_len, len(layers), cache_position)
         if position_ids is None:
-            position_ids = default_position_ids(batch, seq_len, hidden_states.device)
+            if cache_position is not None:
+                position_ids = cache_position.expand(batch, seq_len)
+            else:
+                position_ids = default_position_ids(batch, seq_len, hidden_states.device)
         # Built once for all layers: the rotary angles and the mask (with its rows that see no key).
         cos, sin = rotary_cos_sin(position_ids, self.head_dim, self.rope_theta)
-        mask = AttentionMask.build(attention_mask, batch, seq_len, hidden_states.dtype)
+        mask = AttentionMask.build(attention_mask, batch, seq_len, hidden_states.dtype, key_len=key_len)
 
         all_hidden_states = []
-        for layer in self.get_submodule(self._layers_path):
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            hidden_states = layer(hidden_states, cos, sin, mask)
+        try:
+            for index, layer in enumerate(layers):
+                if output_hidden_states:
+                    all_hidden_states.append(hidden_states)
+                kv = None if past_key_values is None else functools.partial(past_key_values.update, layer_idx=index)
+                hidden_states = layer(hidden_states, cos, sin, mask, kv)
+        finally:
+            if past_key_values is not None:
+                past_key_values.finish()
         hidden_states = self.get_submodule(self._norm_path)(hidden_states)
         head = self.get_output_embeddings()
         logits = head(hidden_states) if isinstance(head, nn.Linear) else F.linear(hidden_states, head.weight)

@@ -41,16 +41,19 @@ class DreamAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, hidden_states, cos, sin, mask):
+    def forward(self, hidden_states, cos, sin, mask, kv=None):
         batch, seq_len, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
         key = self.k_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
         value = self.v_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim)
+        value = value.transpose(1, 2)
         # Dream rotates in the model's dtype, with float32 angles cast to it.
         cos, sin = cos.to(query.dtype), sin.to(query.dtype)
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        if kv is not None:  # a key/value cache: stores these, or adds the cached columns around them
+            key, value = kv(key, value)
         dropout = self.dropout if self.training else 0.0
-        output = bidirectional_attention(query, key, value.transpose(1, 2), mask, dropout)
+        output = bidirectional_attention(query, key, value, mask, dropout)
         return self.o_proj(output.transpose(1, 2).reshape(batch, seq_len, -1))
 
 
@@ -74,8 +77,8 @@ class DreamDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = DreamMLP(config)
 
-    def forward(self, hidden_states, cos, sin, mask):
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), cos, sin, mask)
+    def forward(self, hidden_states, cos, sin, mask, kv=None):
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), cos, sin, mask, kv)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
@@ -101,8 +104,9 @@ class DreamModel(BidirectionalLM):
 
     Attention is bidirectional (no causal mask). Left padding is invisible to the real tokens when the padding mask
     and position ids that [`EntRGiPipeline`] passes are given. The forward pass is differentiable with respect to
-    `inputs_embeds`. Not implemented: the key/value cache and `diffusion_generate` of the published code (the pipeline
-    only calls the forward pass), RoPE scaling (a config saved by transformers 5, with `rope_parameters` of
+    `inputs_embeds`. It takes Fast-dLLM's approximate key/value cache ([`FullAttentionKVCache`], the pipeline's
+    `kv_cache="prefix"` and `"dual"`). Not implemented: the published code's own cache and `diffusion_generate` (the
+    pipeline only calls the forward pass), RoPE scaling (a config saved by transformers 5, with `rope_parameters` of
     `rope_type` "default", is unscaled and loads), and returning attention weights.
 
     Args:

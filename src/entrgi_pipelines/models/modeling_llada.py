@@ -85,7 +85,7 @@ class LLaDALlamaBlock(nn.Module):
         self.up_proj = nn.Linear(config.d_model, config.mlp_width, bias=bias)
         self.ff_out = nn.Linear(config.mlp_width, config.d_model, bias=bias)
 
-    def attention(self, hidden_states, cos, sin, mask):
+    def attention(self, hidden_states, cos, sin, mask, kv=None):
         batch, seq_len, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
         key = self.k_proj(hidden_states).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -96,13 +96,15 @@ class LLaDALlamaBlock(nn.Module):
             query, key = query.float(), key.float()
         cos, sin = cos.to(query.dtype), sin.to(query.dtype)
         query, key = apply_rotary(query, cos, sin).to(dtype), apply_rotary(key, cos, sin).to(dtype)
+        if kv is not None:  # a key/value cache: stores these, or adds the cached columns around them
+            key, value = kv(key, value)
         dropout = self.attention_dropout if self.training else 0.0
         output = bidirectional_attention(query, key, value, mask, dropout)
         return self.attn_out(output.transpose(1, 2).reshape(batch, seq_len, -1))
 
-    def forward(self, hidden_states, cos, sin, mask):
+    def forward(self, hidden_states, cos, sin, mask, kv=None):
         dropout = self.residual_dropout if self.training else 0.0
-        attended = self.attention(self.attn_norm(hidden_states), cos, sin, mask)
+        attended = self.attention(self.attn_norm(hidden_states), cos, sin, mask, kv)
         hidden_states = hidden_states + F.dropout(attended, dropout, self.training)
         normed = self.ff_norm(hidden_states)
         mlp = self.ff_out(F.silu(self.ff_proj(normed)) * self.up_proj(normed))
@@ -138,9 +140,10 @@ class LLaDAModelLM(BidirectionalLM):
 
     Attention is bidirectional (no causal mask). Unlike the published forward pass, this one takes `position_ids`,
     so that left padding is invisible to the real tokens (the published code always numbers positions `0 .. S - 1`);
-    without them the two agree. The forward pass is differentiable with respect to `inputs_embeds`. Not implemented:
-    the published `attention_bias` argument (a 4D boolean or additive `attention_mask` does the same), the
-    key/value cache (which the published forward refuses too), activation checkpointing, and OLMo variants other than
+    without them the two agree. The forward pass is differentiable with respect to `inputs_embeds`. It takes
+    Fast-dLLM's approximate key/value cache ([`FullAttentionKVCache`], the pipeline's `kv_cache="prefix"` and
+    `"dual"`; the published forward refuses a cache). Not implemented: the published `attention_bias` argument (a 4D
+    boolean or additive `attention_mask` does the same), activation checkpointing, and OLMo variants other than
     LLaDA-8B's "llama" block (refused with an error naming the field).
 
     Args:

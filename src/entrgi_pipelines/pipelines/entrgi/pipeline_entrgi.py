@@ -18,7 +18,8 @@ from ...guidance.entrgi import ENTROPY_WEIGHTS, GUIDANCE_METHODS
 from ...guidance.resampling import ParticleResampler, check_resampling_arguments
 from ...guidance.reward_guidance import RewardGuidance
 from ...guidance.rewards import visible_before_eos
-from ...models import BlockKVCache
+from ...models import BlockKVCache, FullAttentionKVCache
+from ...models.modeling_base import BidirectionalLM
 from ...pipelines.hub_utils import HubPipelineMixin
 from ...schedulers.scheduling_masked_diffusion import (
     MaskedDiffusionScheduler,
@@ -405,13 +406,23 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
     def _check_cache_and_blocks(
         self, kv_cache, block_length, guidance_scope, resample, gen_length, num_inference_steps
     ) -> None:
-        """`kv_cache` and the settings a block-causal model constrains."""
+        """`kv_cache` (the approximate caches need a model that takes a `FullAttentionKVCache`, and "dual" with
+        several blocks has no logits for the response scope) and the settings a block-causal model constrains."""
         check_choice("kv_cache", kv_cache, KV_CACHE_MODES, none_ok=True)
         if not self.block_causal:
-            if kv_cache in ("prefix", "dual"):
-                raise NotImplementedError(
-                    f"`kv_cache={kv_cache!r}` (Fast-dLLM's approximate caches for full-attention models) is not "
-                    "implemented yet: use `kv_cache='auto'` or None (no cache) with this model."
+            if kv_cache not in ("prefix", "dual"):
+                return
+            if not isinstance(self.model, BidirectionalLM):
+                raise ValueError(
+                    f"`kv_cache={kv_cache!r}` (Fast-dLLM's approximate cache) needs a model that takes a "
+                    "`FullAttentionKVCache`: the native `DreamModel` or `LLaDAModelLM`, not "
+                    f"{type(self.model).__name__}; use `kv_cache='auto'` or None (no cache) with this model."
+                )
+            if kv_cache == "dual" and guidance_scope == "response" and self._num_blocks(block_length, gen_length) > 1:
+                raise ValueError(
+                    "`guidance_scope='response'` guides every masked position, and with `kv_cache='dual'` and several "
+                    "blocks each step computes logits for the current block only: use `guidance_scope='block'` (the "
+                    "default with 'dual'), or `kv_cache='prefix'`, which computes the block and everything after it."
                 )
             return
         size = getattr(self.model.config, "block_size", None)
@@ -447,6 +458,15 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 "`resample='smc'` is not implemented yet for block-causal models, whose rows advance on their own: "
                 "use `resample='none'`."
             )
+
+    def _dual_blocks(self, kv_cache: str | None, block_length: int | None, gen_length: int) -> bool:
+        """Whether a full-attention call runs the dual cache over several blocks (logits for the block only)."""
+        return kv_cache == "dual" and self._num_blocks(block_length, gen_length) > 1
+
+    def _num_blocks(self, block_length: int | None, gen_length: int) -> int:
+        """The number of blocks a full-attention model decodes `gen_length` in (1 without blocks)."""
+        block = self.scheduler.config.block_length if block_length is None else block_length
+        return 1 if block is None else gen_length // block
 
     def _check_prompt_inputs(self, prompt, messages, input_ids) -> int:
         """Checks the one prompt input given; returns the number of prompts."""
@@ -820,6 +840,15 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             minimal_topk (`int`, *optional*): with `threshold`, the fewest positions a step commits (the
                 scheduler's `minimal_topk`, 1, by default).
             mask_token_id (`int`, *optional*): overrides the mask id.
+            kv_cache (`str`, *optional*, defaults to `"auto"`): the dLLM's key/value cache. `"auto"`: the exact cache
+                of a block-diffusion model, none for a full-attention one. `"prefix"` and `"dual"`: Fast-dLLM's
+                approximate caches for the native full-attention models (`DreamModel`, `LLaDAModelLM`): at each
+                block's first step one forward over the whole sequence fills the cache; the block's later steps run
+                only the block and everything after it (`"prefix"`, attending to the cached keys and values before
+                the block) or only the block (`"dual"`, attending to the cached ones before and after it). Faster,
+                and not the same tokens as no cache. Without blocks the whole response is the block: both then cache
+                the prompt only, and are the same. `"dual"` with several blocks has logits for the current block
+                only, so its default `guidance_scope` is `"block"` and `"response"` is refused. None: no cache.
             resample (`str`, defaults to `"none"`): `"smc"` treats each prompt's K samples as particles of sequential
                 Monte Carlo: every `resample_every` denoising steps, sample `k` weighs
                 `w_k = exp((r_k(now) - r_k(before)) / resample_temperature)` (`r`: the `potential`, `before`: the
@@ -939,7 +968,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             "top_p": top_p,
             "top_k": top_k,
             "generator": generator,
-            "guidance_scope": guidance_scope or ("block" if self.block_causal else "response"),
+            # only the current block has logits on a block-causal model, and with the dual cache and several blocks
+            "guidance_scope": guidance_scope
+            or ("block" if self.block_causal or self._dual_blocks(kv_cache, block_length, L) else "response"),
         }
         if scorer is not None:
             callback_on_step_end = _guidance_first(scorer, callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -1007,6 +1038,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         # NaN checks stay on the device until the loop ends.
         frames = [] if output_trajectory else None
         nfe, i = 0, 0
+        # Fast-dLLM's approximate caches: filled by each block's first forward, read by the block's later steps
+        cache = FullAttentionKVCache() if kv_cache in ("prefix", "dual") else None
+        cached_block, buffer = None, None  # the block the cache was filled at; the (N, L, V) logits it gave
         first_nonfinite = first_invalid = torch.full((), -1, device=device)
         self.scheduler.set_begin_index(0)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -1016,11 +1050,22 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 block_start, block_end = self.scheduler.block_bounds(i)
                 block_bounds = torch.full((sequences.shape[0], 2), block_start, device=device)
                 block_bounds[:, 1] = block_end  # filled on the device: no host-to-device copy
-                logits = self.model(sequences, **model_inputs).logits
+                block = i // self.scheduler.steps_per_block
+                if cache is None or block != cached_block:  # the whole sequence (filling the cache, if any)
+                    logits = self.model(
+                        sequences, **model_inputs, **({} if cache is None else {"past_key_values": cache})
+                    )
+                    logits = logits.logits
+                    logits = logits[:, start - 1 : start - 1 + L] if self.logits_shift else logits[:, start:]
+                    fresh = buffer = logits
+                    cached_block = block
+                else:  # the block (and with "prefix" all after it); the other positions keep the fill's logits
+                    end = L if kv_cache == "prefix" else block_end
+                    fresh = self._read_cache(cache, sequences, model_inputs, buffer, start, block_start, end)
+                    logits = buffer
                 nfe += 1
-                logits = logits[:, start - 1 : start - 1 + L] if self.logits_shift else logits[:, start:]
-                logits[..., mask_token_id] = float("-inf")  # guidance and sampling never propose the mask
-                first_nonfinite = _first_bad_step(first_nonfinite, ~logits.amax(-1).isfinite().all(), i)
+                fresh[..., mask_token_id] = float("-inf")  # guidance and sampling never propose the mask
+                first_nonfinite = _first_bad_step(first_nonfinite, ~fresh.amax(-1).isfinite().all(), i)
                 response_tokens = sequences[:, start:]
                 positions = self.scheduler.masked_positions(response_tokens, mask_token_id)
                 confidence_logits = logits
@@ -1078,6 +1123,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                     index = resampler.check(value, nfe) if value is not None else None
                     if index is not None:
                         sequences, response_tokens = sequences[index], response_tokens[index]
+                        if cache is not None:  # the cache's rows follow their samples
+                            cache.reorder(index)
+                            buffer = buffer[index]
                         frames = [frame[index] for frame in frames] if frames is not None else None
                         finished = finished[index] if finished is not None else None
                         last = finished is not None and bool(finished.all())
@@ -1093,6 +1141,33 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         return self._outputs(
             sequences[:, start:], nfe, frames, scorer, resampler, guidances, B, K, L, return_dict, output_trajectory
         )
+
+    def _read_cache(
+        self,
+        cache: FullAttentionKVCache,
+        sequences: torch.LongTensor,
+        model_inputs: dict[str, torch.Tensor],
+        logits: torch.Tensor,
+        start: int,
+        first: int,
+        end: int,
+    ) -> torch.Tensor:
+        """One forward against Fast-dLLM's cache: runs the response positions `[first, end)` (a model with shifted
+        logits from the token before them, whose logits score the first) and writes their logits into `logits`
+        `(N, L, V)`; returns that slice. The other columns are read from the cache."""
+        shift = int(self.logits_shift)
+        lo, hi = start + first - shift, start + end
+        inputs = {}
+        for name, value in model_inputs.items():
+            if name == "position_ids":
+                value = value[:, lo:hi]
+            elif value.dim() == 4:  # a pairwise mask: the input's query rows over every key
+                value = value[:, :, lo:hi]
+            inputs[name] = value  # a (N, S) padding mask covers every key as it is
+        columns = torch.arange(lo, hi, device=sequences.device)
+        out = self.model(sequences[:, lo:hi], past_key_values=cache, cache_position=columns, **inputs).logits
+        logits[:, first:end] = out[:, : end - first]
+        return logits[:, first:end]
 
     def _outputs(
         self,
