@@ -7,6 +7,7 @@ from .models import (  # noqa: F401  (registers them: AutoModel)
     DreamModel,
     Fast_dLLM_QwenConfig,
     Fast_dLLM_QwenForCausalLM,
+    FullAttentionKVCache,
     LLaDAConfig,
     LLaDAModelLM,
     SDARConfig,
