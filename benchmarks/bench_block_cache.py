@@ -27,20 +27,21 @@ import torch
 
 from entrgi_pipelines.models import BlockKVCache, SDARConfig, SDARForCausalLM
 
+# SDAR-1.7B's width (Qwen3-1.7B's shape, which SDAR keeps): the layers are the caller's.
+SDAR_1_7B = dict(
+    hidden_size=2048,
+    intermediate_size=6144,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    rope_theta=1e6,
+)
 
-def build(layers: int, vocab: int) -> SDARForCausalLM:
-    config = SDARConfig(
-        vocab_size=vocab,
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_hidden_layers=layers,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        rope_theta=1e6,
-        block_size=4,
-    )
-    torch.manual_seed(0)
+
+def build(layers: int, vocab: int, block_size: int = 4, seed: int = 0, **shape) -> SDARForCausalLM:
+    """A random-weight [`SDARForCausalLM`] at SDAR-1.7B's width with `layers` layers (`shape` overrides the width)."""
+    config = SDARConfig(vocab_size=vocab, num_hidden_layers=layers, block_size=block_size, **{**SDAR_1_7B, **shape})
+    torch.manual_seed(seed)
     return SDARForCausalLM(config).eval()
 
 
