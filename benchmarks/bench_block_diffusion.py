@@ -89,15 +89,21 @@ class ForwardClock:
     def __init__(self, model: torch.nn.Module):
         self.ms: dict[str, float] = {}
         self.calls: dict[str, int] = {}
-        self._kind, self._start = None, 0.0
+        self._kind, self._start, self._depth = None, 0.0, 0
         self.reset()
-        model.register_forward_pre_hook(self._before, with_kwargs=True)
-        model.register_forward_hook(self._after)
+        # the pipeline runs the prefill and the commits on the decoder alone (no logits needed): only the outermost
+        # of the two modules' forwards is one dLLM forward
+        for module in {model, model.get_decoder()}:
+            module.register_forward_pre_hook(self._before, with_kwargs=True)
+            module.register_forward_hook(self._after)
 
     def reset(self) -> None:
         self.ms, self.calls, self._prefilled = {}, {}, False
 
     def _before(self, module, args, kwargs):
+        self._depth += 1
+        if self._depth > 1:
+            return
         if kwargs.get("past_key_values") is None:
             self._kind = "uncached"
         elif kwargs.get("store_kv"):
@@ -109,6 +115,9 @@ class ForwardClock:
         self._start = time.perf_counter()
 
     def _after(self, module, args, output):
+        self._depth -= 1
+        if self._depth:
+            return
         ms = (time.perf_counter() - self._start) * 1e3
         self.ms[self._kind] = self.ms.get(self._kind, 0.0) + ms
         self.calls[self._kind] = self.calls.get(self._kind, 0) + 1

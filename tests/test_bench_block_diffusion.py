@@ -28,7 +28,8 @@ def test_bench_block_diffusion_smoke_figures_hold_together_and_a_rerun_resumes(t
     assert len(rows) == 2 * 2 * 2  # blocks x guided x cache at the smoke's one length
     for row in rows.values():
         L = row["L"]
-        assert math.isclose(row["ms_per_token"], row["ms"] / L, abs_tol=0.01)
+        # both are rounded in the JSON (ms to 0.1, ms per token to 0.01)
+        assert math.isclose(row["ms_per_token"], row["ms"] / L, abs_tol=0.005 + 0.05 / L)
         assert 0 < row["dllm_ms"] <= row["ms"]
         calls = row["forward_calls"]
         assert sum(calls.values()) == row["nfe"] == row["row_nfe"]  # every dLLM forward is timed, and counted
@@ -38,8 +39,9 @@ def test_bench_block_diffusion_smoke_figures_hold_together_and_a_rerun_resumes(t
             b, prompt = row["block"], result["settings"]["prompt_tokens"]
             steps_per_block = row["T"] // -(-L // b)
             assert set(calls) <= {"prefill", "read", "commit"} and calls.get("prefill", 0) == int(prompt >= b)
-            assert calls["commit"] == -(-(prompt + L) // b) - prompt // b
-            assert calls["commit"] <= calls["read"] <= calls["commit"] * steps_per_block
+            # every decoded block but the last is committed (the row leaves the batch after its last block)
+            assert calls["commit"] == -(-(prompt + L) // b) - prompt // b - 1
+            assert calls["commit"] < calls["read"] <= (calls["commit"] + 1) * steps_per_block
     for name, entry in result["summary"]["timing"].items():
         off, on = rows[f"{name}-cache_off"], rows[f"{name}-cache_auto"]
         assert entry["same_tokens"] == (off["tokens"] == on["tokens"]) and entry["same_tokens"]

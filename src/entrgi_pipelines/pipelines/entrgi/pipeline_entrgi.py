@@ -572,10 +572,12 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         row_nfe = torch.zeros_like(lengths)
         nfe = 0
         cache = BlockKVCache(max_length=width) if kv_cache is not None else None
+        # the prefill and the commits only write the cache: the decoder alone, without the vocabulary-wide head
+        decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model
         if cache is not None and int(start.max()) > 0:  # prefill the prompts' complete blocks
             prefix = int(start.max())
             positions = torch.arange(prefix, device=device).expand(len(lengths), prefix)
-            self.model(
+            decoder(
                 tokens[:, :prefix],
                 position_ids=positions,
                 attention_mask=(positions < start[:, None]).long(),
@@ -588,9 +590,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
 
         def forward(rows: torch.LongTensor, commit: torch.BoolTensor | None = None) -> torch.Tensor:
             """Logits `(A, b, V)` of the rows' current blocks; with `commit`, the committing rows' blocks are
-            written to the cache instead (no logits needed)."""
-            if cache is None:
-                logits = self.model(tokens[rows]).logits
+            written to the cache instead (nothing returned)."""
+            if cache is None:  # the sequence up to the last current block's end (later blocks are never read)
+                logits = self.model(tokens[rows, : int(start[rows].max()) + b]).logits
                 index = (start[rows, None] + offsets - shift).clamp(min=0)
                 return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
             positions = start[rows, None] + window
@@ -598,15 +600,11 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             if commit is not None:
                 valid = valid & commit[:, None]
             positions = positions.clamp(min=0)
-            out = self.model(
-                tokens[rows].gather(1, positions),
-                position_ids=positions,
-                attention_mask=valid.long(),
-                past_key_values=cache,
-                use_cache=True,
-                store_kv=commit is not None,
-            )
-            return out.logits[:, :b]
+            inputs = dict(position_ids=positions, attention_mask=valid.long(), past_key_values=cache, use_cache=True)
+            if commit is not None:
+                decoder(tokens[rows].gather(1, positions), store_kv=True, **inputs)
+                return None
+            return self.model(tokens[rows].gather(1, positions), **inputs).logits[:, :b]
 
         step = 0
         with self.progress_bar(total=self._num_timesteps) as progress_bar:
@@ -653,12 +651,14 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 in_response = columns >= lengths[active, None]
                 stopped = (torch.isin(block, stops) & in_response).any(-1) | (columns[:, -1] + 1 >= ends[active])
                 done = full & stopped
-                # the step's one host sync: which rows commit their block, and which of them are finished
-                any_full, any_done = torch.stack([full.any(), done.any()]).tolist()
-                if any_full and cache is not None:
-                    forward(active, commit=full)
+                # the step's one host sync: which rows commit their block, and which of them are finished (a
+                # finished row's last block is never read again: it is not committed)
+                commit = full & ~done
+                any_commit, any_full, any_done = torch.stack([commit.any(), full.any(), done.any()]).tolist()
+                if any_commit and cache is not None:
+                    forward(active, commit=commit)
                     nfe += 1
-                    row_nfe[active[full]] += 1
+                    row_nfe[active[commit]] += 1
                 if any_full:
                     moved = active[full & ~done]
                     start[moved] += b
