@@ -66,7 +66,7 @@ sees the batches an uninterrupted run would. ``--max-minutes`` bounds each invoc
 answers (the distill held-out split) and on held-out corpus text (``heldout.jsonl.gz``), with half of every block
 masked and with whole blocks masked; slot 0 is the autoregressive path (greedy next token == the text's token).
 
-The v3 training lane (issue 23; one thread, ends on its own by 02:15 UTC; started 00:12 UTC while the distill job
+The v3 training lane (issue 23; one thread, ends on its own by 02:15 UTC; started 00:06 UTC while the distill job
 was still writing, from the lead's checkout with this branch's code)::
 
     cd /work/main && PYTHONPATH=/work/wt-v3/src HF_HUB_OFFLINE=1 nohup nice -n 5 .venv/bin/python \\
@@ -812,12 +812,13 @@ def load_examples(
     eval_examples: int,
     seed: int,
     corpus_pool: int = 20_000,
+    eval_answers: int | None = None,
 ) -> tuple[list[Example], list[Example], dict, dict]:
     """`(distill training examples in file order, corpus training pool, evaluation sets, counts)`.
 
     Excluded from training and counted: held-out distill prompts, the bundled prompts, the bundled held-out texts.
-    The evaluation answers are the first `eval_examples` held-out distill records (an append-only file: the same
-    ones on every resume once there are that many).
+    The evaluation answers are the first `eval_answers` (default `eval_examples`) held-out distill records: the file
+    is append-only, so a resumed run passes the count its first run had and evaluates on the same answers.
     """
     records = _read_jsonl(distill_path)
     bundled = {
@@ -840,8 +841,8 @@ def load_examples(
     stats["distill_excluded_heldout_or_bundled_prompt"] = sum(_norm(r["prompt"]) in blocked for r in train_records)
     train = [answer_example(r) for r in train_records if _norm(r["prompt"]) not in blocked]
     stats["distill_train"] = len(train)
-    eval_answers = [answer_example(r) for r in records if r["split"] == "heldout" and r["response"].strip()]
-    evals = {"answers": eval_answers[:eval_examples]}
+    held_out = [answer_example(r) for r in records if r["split"] == "heldout" and r["response"].strip()]
+    evals = {"answers": held_out[: eval_examples if eval_answers is None else eval_answers]}
 
     def text_example(text: str) -> Example:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -894,12 +895,17 @@ def main(argv: list[str] | None = None) -> None:
     base, tokenizer = load_smollm()
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+    answers_count = args.eval_examples
+    if (output / "train_log.json").exists():
+        # a resumed run evaluates on the held-out answers the first run had (the file has grown since)
+        answers_count = min(answers_count, json.loads((output / "train_log.json").read_text())["data"]["eval_answers"])
     distill, corpus, eval_sets, stats = load_examples(
         tokenizer,
         Path(args.distill),
         Path(args.documents) if args.documents and args.corpus_fraction > 0 else None,
         args.eval_examples,
         args.seed,
+        eval_answers=answers_count,
     )
     batches = StreamSampler(distill, corpus, args.batch_size, round(args.batch_size * args.corpus_fraction), args.seed)
     print(json.dumps({"data": stats}), flush=True)
