@@ -5,9 +5,12 @@
    model), the mask column excluded.
 2. With `--adapter`: the folder rebuilt from the trained adapter against the trained model's block-1 logits, and a
    greedy answer per prompt decoded block by block (`decode`, one token committed per pass).
+3. With `--distill` too: the trainer's held-out evaluation (`slot_accuracy`, the same sets) of the adapter at each of
+   `--block-sizes` (a model trained at block 4 read at blocks 2 and 8).
 
     PYTHONPATH=src HF_HUB_OFFLINE=1 python studies/v3_check.py --adapter runs/v3/adapter --work /tmp/v3check \\
-        --prompt "Describe a quiet Sunday afternoon." --output runs/v3_check.json
+        --prompt "Describe a quiet Sunday afternoon." --distill corpus/distill.jsonl --eval-answers 29 \\
+    --block-sizes 2 4 8 --output runs/v3_check.json
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from entrgi_pipelines.stack.train_block_dllm import (
     decode,
     export_adapter,
     load_adapter,
+    load_examples,
     qwen2_from_folder,
+    slot_accuracy,
 )
 
 PROMPTS = ("Describe a quiet Sunday afternoon.", "Write a short story about a fisherman's morning.")
@@ -50,6 +55,10 @@ def main() -> None:
     parser.add_argument("--prompt", action="append", default=None)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--distill", default=None, help="the distill JSONL: evaluate the adapter at --block-sizes")
+    parser.add_argument("--eval-answers", type=int, default=40, help="held-out answers (the run's log says how many)")
+    parser.add_argument("--eval-examples", type=int, default=40)
+    parser.add_argument("--block-sizes", type=int, nargs="+", default=[4])
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,6 +105,18 @@ def main() -> None:
                 }
             )
         result["samples"] = samples
+        if args.distill:
+            _, _, evals, _ = load_examples(
+                tokenizer, Path(args.distill), None, args.eval_examples, 0, eval_answers=args.eval_answers
+            )
+            result["block_sizes"] = {}
+            for b in args.block_sizes:
+                model.block_size = b
+                result["block_sizes"][b] = {
+                    f"{name}/{label}": slot_accuracy(model, examples, end, fraction)
+                    for name, examples in evals.items()
+                    for label, fraction in (("half", 0.5), ("full", 1.0))
+                }
     print(json.dumps(result, indent=1))
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1))
