@@ -304,3 +304,23 @@ def test_load_examples_never_trains_on_held_out_or_bundled_prompts(tmp_path):
     assert [e.prompt for e in train_set] == [chat_prompt(tok, "Tell me about dogs.")]
     assert [e.prompt for e in evals["answers"]] == [chat_prompt(tok, "Held out.")]
     assert corpus == [] and len(evals["other_text"]) == 4
+
+
+def test_stream_sampler_resumed_on_a_grown_file_reads_the_new_records_next():
+    primary, secondary = examples(12), examples(5, seed=1)
+    straight = StreamSampler(primary[:6], secondary, 4, 1, seed=0)  # 3 records a batch: passes of 2 batches
+    saved = straight.segments
+    # unchanged file: the resumed run reads what the uninterrupted one reads
+    same = StreamSampler(primary[:6], secondary, 4, 1, seed=0)
+    same.resume(saved, 3)
+    assert same(3) == straight(3) and same(4) == straight(4)
+    # grown file after the pass wrapped (step 3 read records 3..5 again): records 6.. come next
+    grown = StreamSampler(primary, secondary, 4, 1, seed=0)
+    grown.resume(saved, 3)
+    assert grown(3)[:3] == primary[6:9] and grown(4)[:3] == primary[9:12] and grown(5)[:3] == primary[0:3]
+    # grown before the pass ended: it carries on where it was
+    early = StreamSampler(primary, secondary, 4, 1, seed=0)
+    early.resume(saved, 1)
+    assert early(1)[:3] == primary[3:6] and early(2)[:3] == primary[6:9]
+    with pytest.raises(ValueError, match="append-only"):
+        StreamSampler(primary[:3], secondary, 4, 1, seed=0).resume(saved, 1)

@@ -630,9 +630,11 @@ class StreamSampler:
     The examples of batch ``step``: ``batch_size - secondary_per_batch`` records of `primary` in its order, then
     `secondary_per_batch` of a seeded permutation of `secondary` (a fresh one per pass).
 
-    `primary` is the distill file in its order (already shuffled by stack.distill): the file is append-only and
-    the trainer reads it more slowly than the distill job writes it, so batch ``s`` is the same however long the file
-    has grown when a run starts or resumes. A pass that runs out of records wraps around to the start.
+    `primary` is the distill file in its order (stack.distill shuffled its prompts). Batch ``s`` reads the records
+    ``flat .. flat + k`` (modulo the file's length) of the current *segment*: a run starts one at step 0, and a run
+    resumed on a file that has grown since (the distill job appends) starts another one: at the same place when the
+    earlier pass had not reached the old end yet, else at the first new record (unseen records before a second
+    look at old ones). On an unchanged file a resumed run reads exactly what an uninterrupted run would.
     """
 
     def __init__(self, primary: list, secondary: list, batch_size: int, secondary_per_batch: int, seed: int):
@@ -643,19 +645,35 @@ class StreamSampler:
             )
         self.primary, self.secondary, self.seed = primary, secondary, seed
         self.n_primary, self.n_secondary = batch_size - secondary_per_batch, secondary_per_batch
+        self.segments = [{"step": 0, "flat": 0, "n": len(primary)}]
         self._pass, self._order = -1, []
+
+    def resume(self, segments: list[dict], step: int) -> None:
+        """Continues the saved `segments` at `step`, opening a new segment if the file has grown."""
+        last, n = segments[-1], len(self.primary)
+        if n < last["n"]:
+            raise ValueError(
+                f"the distill file holds {n} training records, fewer than the {last['n']} it was "
+                "trained on: resume with the same file (it is append-only) or use another --output."
+            )
+        end = last["flat"] + (step - last["step"]) * self.n_primary
+        if n == last["n"]:
+            self.segments = list(segments)
+        else:
+            self.segments = [*segments, {"step": step, "flat": end if end < last["n"] else last["n"], "n": n}]
 
     def _secondary(self, flat: int):
         epoch, offset = divmod(flat, len(self.secondary))
         if epoch != self._pass:
             self._pass = epoch
-            self._order = random.Random(self.seed * 1_000_003 + epoch).sample(
-                range(len(self.secondary)), len(self.secondary)
-            )
+            n = len(self.secondary)
+            self._order = random.Random(self.seed * 1_000_003 + epoch).sample(range(n), n)
         return self.secondary[self._order[offset]]
 
     def __call__(self, step: int) -> list:
-        first = [self.primary[i % len(self.primary)] for i in range(step * self.n_primary, (step + 1) * self.n_primary)]
+        segment = self.segments[-1]
+        start = segment["flat"] + (step - segment["step"]) * self.n_primary
+        first = [self.primary[i % segment["n"]] for i in range(start, start + self.n_primary)]
         flats = range(step * self.n_secondary, (step + 1) * self.n_secondary)
         return first + [self._secondary(i) for i in flats]
 
@@ -694,8 +712,19 @@ def train(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         step, tokens, minutes_before, log = saved["step"], saved["tokens"], saved["minutes"], saved["log"]
+        if hasattr(batches, "resume"):
+            # checkpoints from before segments were saved: one segment over the records the log counts
+            segments = saved.get("segments") or [{"step": 0, "flat": 0, "n": log["data"]["distill_train"]}]
+            batches.resume(segments, step)
     start = time.time()
-    log["runs"].append({"start_step": step, "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    log["runs"].append(
+        {
+            "start_step": step,
+            "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "segments": getattr(batches, "segments", None),
+            "data": (log_extra or {}).get("data"),
+        }
+    )
 
     def minutes() -> float:
         return minutes_before + (time.time() - start) / 60
@@ -710,6 +739,7 @@ def train(
             "minutes": minutes(),
             "config": asdict(config),
             "log": log,
+            "segments": getattr(batches, "segments", None),
         }
         temporary = output / ".checkpoint.pt.tmp"
         torch.save(state, temporary)
