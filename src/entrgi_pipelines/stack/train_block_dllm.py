@@ -74,6 +74,9 @@ was still writing, from the lead's checkout with this branch's code)::
         --documents corpus/documents.jsonl --output runs/v3 --max-minutes 118 --checkpoint-minutes 10 \\
         --eval-minutes 20 --threads 1 > runs/v3.log 2>&1 &
 
+(stopped after the 01:19 checkpoint and resumed by the same command with ``--max-minutes 44 ... >> runs/v3.log``
+once the distill job had finished, so that its new answers come next: see ``StreamSampler``.)
+
 A tiny run (a few steps, as a smoke test)::
 
     python -m entrgi_pipelines.stack.train_block_dllm --distill corpus/distill.jsonl \\
