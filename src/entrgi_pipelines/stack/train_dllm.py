@@ -1,5 +1,8 @@
 """Train the embedded masked diffusion LM (MDLM objective, prompt -> response) on the Debian corpus.
 
+(dLLM v1 / v2. The v3 model, SmolLM2-135M-Instruct adapted to block diffusion, is trained by
+``stack.train_block_dllm``.)
+
 The model is a BERT masked LM the size of all-MiniLM-L6-v2 (6 layers, 384 wide, its WordPiece
 vocabulary), initialised from the MiniLM encoder (``--init minilm``) or at random (``--init scratch``).
 Each example is ``[CLS] prompt [SEP] response`` with the prompt left-padded and the response region of a
