@@ -75,34 +75,43 @@ def block_model(block_size: int = 4, seed: int = 0, perturb: bool = True) -> Blo
     return model
 
 
-def test_two_stream_mask_is_block_causal_and_noisy_blocks_see_clean_past_only():
-    # one example: prompt of 3, answer of 8 (two blocks of 4)
-    batch = make_batch([Example([20, 21, 22], list(range(30, 38)), False)], 4, END, torch.Generator().manual_seed(0))
+def test_two_stream_mask_aligns_blocks_from_position_0_and_noisy_blocks_see_clean_past_only():
+    # prompt of 3, answer of 9: positions 0..11, blocks [0, 4), [4, 8), [8, 12); the prompt is block 0's head
+    batch = make_batch([Example([20, 21, 22], list(range(30, 39)), False)], 4, END, torch.Generator().manual_seed(0))
     mask = batch.attention_mask[0, 0]
-    assert mask.shape == (3 + 8 + 8, 3 + 8 + 8)
-    prompt, clean = range(0, 3), [range(3, 7), range(7, 11)]
-    noisy = [range(11, 15), range(15, 19)]
-    allowed = {q: {k for k in range(19) if mask[q, k]} for q in range(19)}
-    for q in prompt:  # causal prompt
-        assert allowed[q] == set(range(q + 1))
-    for k, block in enumerate(clean):  # clean block k: prompt, clean blocks < k, itself whole
-        expected = set(prompt) | {i for b in clean[: k + 1] for i in b}
-        assert all(allowed[q] == expected for q in block)
-    for k, block in enumerate(noisy):  # noisy block k: prompt, clean blocks < k, noisy block k
-        expected = set(prompt) | {i for b in clean[:k] for i in b} | set(block)
-        assert all(allowed[q] == expected for q in block)
-    # noisy copies share the clean answer's position ids
-    assert torch.equal(batch.position_ids[0, 11:], batch.position_ids[0, 3:11])
+    assert mask.shape == (12 + 12, 12 + 12)
+    clean = [range(0, 4), range(4, 8), range(8, 12)]
+    noisy = [range(12, 16), range(16, 20), range(20, 24)]
+    allowed = {q: {k for k in range(24) if mask[q, k]} for q in range(24)}
+    for k, block in enumerate(clean):  # clean block k: clean blocks <= k (block-causal, the prompt included)
+        assert all(allowed[q] == {i for b in clean[: k + 1] for i in b} for q in block)
+    for k, block in enumerate(noisy):  # noisy block k: clean blocks < k and noisy block k
+        assert all(allowed[q] == {i for b in clean[:k] for i in b} | set(block) for q in block)
+    # the noisy copy repeats the clean positions; its prompt tail is never masked nor a target
+    assert torch.equal(batch.position_ids[0, 12:], batch.position_ids[0, :12])
+    assert batch.answer_valid[0].tolist() == [False] * 3 + [True] * 9
+    assert not batch.masked[0, :3].any() and torch.equal(batch.input_ids[0, 12:15], torch.tensor([20, 21, 22]))
+
+
+def test_answers_are_cut_or_filled_to_a_block_boundary_of_the_whole_sequence():
+    finished = make_batch([Example([20, 21, 22], [30, 31], True)], 4, END, torch.Generator().manual_seed(0))
+    assert finished.targets[0].tolist() == [20, 21, 22, 30, 31, END, END, END]  # filled with the end id
+    cut = make_batch([Example([20, 21, 22, 23, 24], [30, 31, 32, 33], False)], 4, END, torch.Generator())
+    assert cut.targets[0].tolist() == [24, 30, 31, 32] and cut.tokens == 3  # the first block: prompt tail + 3
+    with pytest.raises(ValueError, match="block boundary"):
+        make_batch([Example([20, 21, 22, 23, 24], [30, 31], False)], 4, END, torch.Generator())
 
 
 def test_padding_is_never_attended_and_pads_see_themselves():
     batch = make_batch(examples(3), 4, END, torch.Generator().manual_seed(0))
     mask = batch.attention_mask[:, 0]
     lc = batch.clean_length
-    valid = torch.cat([batch.input_ids[:, :lc] * 0 == 0, batch.answer_valid], 1)
-    valid[:, :lc] = torch.arange(lc) < torch.tensor([len(e.prompt) for e in examples(3)])[:, None] + (
-        batch.answer_valid.sum(1, keepdim=True)
-    )
+    valid = batch.input_ids != -1
+    for row, ex in enumerate(examples(3)):
+        total = len(ex.prompt) + int(batch.answer_valid[row].sum())
+        first = len(ex.prompt) // 4 * 4
+        valid[row, total:lc] = False
+        valid[row, lc + total - first :] = False
     assert not (mask & ~valid[:, None, :] & valid[:, :, None]).any()
     assert mask.any(-1).all()  # no empty softmax row
 
@@ -110,8 +119,7 @@ def test_padding_is_never_attended_and_pads_see_themselves():
 def test_layout_mask_of_block_size_one_is_causal():
     n = 7
     i = torch.arange(n)[None]
-    block = torch.where(i < 3, 0, i - 3 + 1)
-    mask = layout_mask(torch.zeros_like(i), block, i, torch.ones_like(i, dtype=torch.bool))
+    mask = layout_mask(torch.zeros_like(i), i, torch.ones_like(i, dtype=torch.bool))
     assert torch.equal(mask[0, 0], torch.ones(n, n, dtype=torch.bool).tril())
 
 
@@ -158,18 +166,50 @@ def test_training_step_lowers_the_loss_on_a_fixed_batch():
     assert loss_terms(model, batch)["loss"].item() < first - 0.1
 
 
-def test_kl_is_zero_for_the_base_model():
-    model = block_model(perturb=False)  # adapter at zero: the trained model is the base
+def test_kl_is_zero_for_the_base_model_read_causally():
+    # the KL's teacher is the causal base: with the adapter at zero and blocks of one token (block-causal is
+    # causal) the student is the teacher; at block 4 the prompt and the earlier blocks are read block-causally,
+    # which the adapter has to learn to absorb, so the KL is not zero there
+    batch = make_batch(examples(4), 1, END, torch.Generator().manual_seed(0))
+    assert abs(loss_terms(block_model(block_size=1, perturb=False), batch)["kl"].item()) < 1e-5
+    assert loss_terms(block_model(block_size=1), batch)["kl"].item() > 1e-4
     batch = make_batch(examples(4), 4, END, torch.Generator().manual_seed(0))
-    assert abs(loss_terms(model, batch)["kl"].item()) < 1e-5
-    assert loss_terms(block_model(), batch)["kl"].item() > 1e-4
+    assert loss_terms(block_model(perturb=False), batch)["kl"].item() > 1e-6
 
 
 def test_fixed_fraction_masks_exactly_half_of_every_block():
     batch = make_batch(examples(4), 4, END, torch.Generator().manual_seed(0), fixed_fraction=0.5)
     per_block = (batch.masked & batch.answer_valid).view(len(examples(4)), -1, 4).sum(-1)
-    valid_blocks = batch.answer_valid.view(len(examples(4)), -1, 4).all(-1)
-    assert (per_block[valid_blocks] == 2).all()
+    answers = batch.answer_valid.view(len(examples(4)), -1, 4).sum(-1)
+    assert torch.equal(per_block, answers.clamp(max=2))  # a first block with one answer token masks that one
+
+
+def test_unmasked_training_logits_are_the_native_block_diffusion_forward(tmp_path):
+    """The training layout is the native class's: with nothing masked, every target's logits (clean stream for
+    slot 0, noisy stream for the others) equal `Fast_dLLM_QwenForCausalLM(sequence).logits`, shifted."""
+    from transformers import AutoModelForCausalLM
+
+    import entrgi_pipelines  # noqa: F401  (registers the native classes)
+
+    model = block_model()
+    with torch.no_grad():
+        model.mask_embedding.normal_()
+    tiny_llama().save_pretrained(tmp_path / "base")
+    export_adapter(model, tmp_path / "adapter")
+    folder = build_fast_dllm_folder(tmp_path / "base", tmp_path / "adapter", tmp_path / "v3")
+    native = AutoModelForCausalLM.from_pretrained(folder)
+    assert type(native).__name__ == "Fast_dLLM_QwenForCausalLM"
+    batch = make_batch(examples(4), 4, END, torch.Generator().manual_seed(0), fixed_fraction=0.0)
+    assert not batch.masked.any()
+    ours = batch_logits(model, batch)
+    keep = torch.arange(VOCAB) != MASK_ID
+    for row, ex in enumerate(examples(4)):
+        n = int(batch.answer_valid[row].sum())
+        ids = batch.input_ids[row, : len(ex.prompt) + n][None]
+        with torch.no_grad():
+            reference = native(ids).logits[0, len(ex.prompt) - 1 : len(ex.prompt) - 1 + n]
+        got = ours[row][batch.answer_valid[row]]
+        torch.testing.assert_close(got[:, keep], reference[:, keep], atol=2e-3, rtol=1e-3)
 
 
 def _config(tmp_path, **kw) -> TrainConfig:
@@ -324,3 +364,16 @@ def test_stream_sampler_resumed_on_a_grown_file_reads_the_new_records_next():
     assert early(1)[:3] == primary[3:6] and early(2)[:3] == primary[6:9]
     with pytest.raises(ValueError, match="append-only"):
         StreamSampler(primary[:3], secondary, 4, 1, seed=0).resume(saved, 1)
+
+
+def test_stream_sampler_grown_in_process_reads_what_a_resumed_run_reads():
+    primary, secondary = examples(12), examples(5, seed=1)
+    live = StreamSampler(primary[:6], secondary, 4, 1, seed=0)
+    saved = [dict(s) for s in live.segments]
+    live.grow(primary, 3)
+    resumed = StreamSampler(primary, secondary, 4, 1, seed=0)
+    resumed.resume(saved, 3)
+    assert [live(s) for s in range(3, 7)] == [resumed(s) for s in range(3, 7)]
+    assert live.segments == resumed.segments and live(3)[:3] == primary[6:9]
+    live.grow(primary[:6], 7)  # not grown: nothing changes
+    assert live.segments == resumed.segments

@@ -18,27 +18,31 @@ evaluation and decoding alike, so the mask is never predicted nor sampled. The e
 row 16 of the (tied) embedding, as Fast-dLLM v2's format expects; that changes only logit 16, which a decoder must
 exclude anyway.
 
-**Blocks and shifted logits.** Blocks of ``--block-size`` tokens (4) start where the answer starts. Logits are
-shifted as in Dream and Fast-dLLM v2: position ``i - 1`` predicts token ``i``. The first token of a block (slot 0) is
-therefore predicted by the last token of the previous, clean block — the autoregressive path — and slot ``j >= 1``
-by slot ``j - 1`` of the noisy block itself. A block of one token is SmolLM2 itself.
+**Blocks and shifted logits.** Blocks of ``--block-size`` tokens align from position 0 of the whole sequence, as
+the native ``Fast_dLLM_QwenForCausalLM`` and the pipeline align them: the prompt is read block-causally too, and its
+tail (``len(prompt) % block_size`` tokens) is the frozen head of the answer's first block. Logits are shifted as in
+Dream and Fast-dLLM v2: position ``i - 1`` predicts token ``i``. The first token of a block (slot 0) is therefore
+predicted by the last token of the previous, clean block — the autoregressive path — and slot ``j >= 1`` by slot
+``j - 1`` of the noisy block itself. A block of one token is SmolLM2 itself.
 
 **Training layout (BD3-LM's two streams).** One packed sequence per example: the clean stream ``[prompt | answer]``
-then the noisy copy of the answer, with the answer's position ids repeated. The attention mask (a 4D boolean mask
-that carries the padding itself, as transformers 5 needs):
+then the noisy copy of the blocks from the first one holding an answer token, with their position ids repeated. The
+attention mask (a 4D boolean mask that carries the padding itself, as transformers 5 needs):
 
-- clean stream: the prompt is causal (as SmolLM2 prefills it); answer block ``k`` sees the prompt, clean blocks
-  ``< k`` and all of block ``k`` (block-causal: exactly what the KV cache of committed blocks holds at decoding);
-- noisy block ``k`` sees the prompt, clean blocks ``< k`` and all of noisy block ``k``; nothing else;
+- clean stream: block-causal (block ``k`` sees blocks ``<= k``: exactly what the KV cache of committed blocks and
+  the prefilled prompt hold at decoding);
+- noisy block ``k`` sees clean blocks ``< k`` and all of noisy block ``k``; nothing else;
 - no query sees padding; a padding query sees itself only (no empty softmax row).
 
-So every block of every example is trained in one forward pass, each with its own masking rate.
+So every block of every example is trained in one forward pass, each with its own masking rate. (The first lane,
+``weights/dllm-v3-wip``, started its blocks at the answer with a causal prompt; ``--init-adapter`` continues from it.)
 
 **Masking and loss.** Per block a rate ``t ~ U(0, 1]``, each token of the noisy block masked with probability ``t``.
 The loss is the mean cross-entropy over the masked tokens of slots ``>= 1`` (plain mean, not the ELBO's ``1/t``
 weights: lower variance, and what decoding needs is fill-in accuracy, not a likelihood bound), plus
 ``--kl-weight`` (1.0) times the KL from the base model to the trained model at slot 0 of every block, the base
-logits computed by a second, gradient-free forward of the clean stream with the adapter off (about +15% per step).
+logits computed by a second, gradient-free, causal forward of the clean stream with the adapter off (about +15%
+per step).
 The KL keeps the autoregressive path SmolLM2's own (the issue's trial, without it, saw slot 0 fall from 1.0 to 0.78),
 on corpus text too, where a cross-entropy would pull it toward the Bible.
 
@@ -211,43 +215,56 @@ class Example:
 
 
 def block_answer(example: Example, block_size: int, end_id: int, max_answer: int) -> list[int]:
-    """The answer cut or filled to whole blocks: a finished answer is filled with the end id (end and pad)."""
-    answer = example.answer[:max_answer]
+    """
+    The answer cut or filled so that prompt + answer ends on a block boundary (blocks align from position 0):
+    a finished answer is filled with the end id (end and pad), an unfinished one cut.
+    """
+    answer, n = example.answer[:max_answer], len(example.prompt)
     if example.finished and len(answer) == len(example.answer):
-        return answer + [end_id] * (-len(answer) % block_size)
-    return answer[: len(answer) - len(answer) % block_size]
+        return answer + [end_id] * (-(n + len(answer)) % block_size)
+    return answer[: max(0, len(answer) - (n + len(answer)) % block_size)]
 
 
-def layout_mask(stream, block, position, valid) -> torch.Tensor:
+def layout_mask(stream, block, valid) -> torch.Tensor:
     """
     The boolean attention mask ``[batch, 1, L, L]`` (True: may attend) of the two-stream layout.
 
-    Per token: `stream` 0 (clean) or 1 (noisy), `block` 0 for the prompt and ``k >= 1`` for answer block ``k``,
-    `position` its position id, `valid` False for padding. Clean: the prompt causal, block ``k`` sees blocks ``< k``
-    and itself. Noisy block ``k``: clean blocks ``< k`` and noisy block ``k``. Padding is seen by nobody and sees
-    itself only.
+    Per token: `stream` 0 (clean) or 1 (noisy), `block` its block (``position // block_size``: blocks align from
+    position 0, as the native block-diffusion class and the pipeline align them), `valid` False for padding.
+    Clean: block-causal (block ``k`` sees blocks ``<= k``). Noisy block ``k``: clean blocks ``< k`` and noisy
+    block ``k``. Padding is seen by nobody and sees itself only.
     """
     qs, ks = stream[:, :, None], stream[:, None, :]
     qb, kb = block[:, :, None], block[:, None, :]
-    qp, kp = position[:, :, None], position[:, None, :]
-    clean = (qs == 0) & (ks == 0) & ((kb < qb) | ((kb == qb) & ((qb > 0) | (kp <= qp))))
+    clean = (qs == 0) & (ks == 0) & (kb <= qb)
     noisy = (qs == 1) & (((ks == 0) & (kb < qb)) | ((ks == 1) & (kb == qb)))
-    allowed = (clean | noisy) & valid[:, :, None] & valid[:, None, :]
-    eye = torch.eye(stream.shape[1], dtype=torch.bool).unsqueeze(0)
+    return _with_padding(clean | noisy, valid)
+
+
+def causal_mask(valid) -> torch.Tensor:
+    """The causal mask ``[batch, 1, L, L]`` of the clean stream (the base SmolLM2's view, for the KL)."""
+    n = valid.shape[1]
+    return _with_padding(torch.ones(n, n, dtype=torch.bool).tril().expand(valid.shape[0], n, n), valid)
+
+
+def _with_padding(allowed, valid) -> torch.Tensor:
+    allowed = allowed & valid[:, :, None] & valid[:, None, :]
+    eye = torch.eye(valid.shape[1], dtype=torch.bool).unsqueeze(0)
     return (allowed | (eye & ~valid[:, :, None])).unsqueeze(1)
 
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # [B, Lc + La]: clean stream then noisy answers
+    input_ids: torch.Tensor  # [B, Lc + Ln]: the clean stream, then the noisy copy of the answer's blocks
     position_ids: torch.Tensor
     attention_mask: torch.Tensor  # [B, 1, L, L] boolean
-    clean_length: int  # Lc: the clean stream's width (its sub-mask is the clean-only layout)
-    targets: torch.Tensor  # [B, La] the answer tokens
-    source: torch.Tensor  # [B, La] the row whose logits predict each answer token (shifted)
-    slot: torch.Tensor  # [B, La] slot in its block
-    answer_valid: torch.Tensor  # [B, La]
-    masked: torch.Tensor  # [B, La] masked in the noisy stream
+    clean_length: int  # Lc: the clean stream's width (its sub-mask is the clean-only, block-causal layout)
+    targets: torch.Tensor  # [B, Ln] the tokens of the noisy stream's positions
+    source: torch.Tensor  # [B, Ln] the row whose logits predict each target (shifted)
+    slot: torch.Tensor  # [B, Ln] slot in its block
+    answer_valid: torch.Tensor  # [B, Ln] an answer token (not padding, not the prompt's tail)
+    masked: torch.Tensor  # [B, Ln] masked in the noisy stream
+    causal_mask: torch.Tensor  # [B, 1, Lc, Lc] the clean stream's causal mask (the KL's base forward)
     tokens: int = 0  # answer tokens in the batch
 
 
@@ -263,58 +280,63 @@ def make_batch(
     """
     Packs examples into the two-stream layout and masks the noisy copy.
 
-    Each block draws its rate ``t ~ U(0, 1]`` and masks each token with probability ``t``; with `fixed_fraction`
-    every block has exactly ``round(fixed_fraction * block_size)`` masked tokens (1.0: the whole block) instead,
-    for evaluation. Answers shorter than one block are dropped.
+    Blocks align from position 0, so the prompt's tail (``len(prompt) % block_size`` tokens) is the frozen head of
+    the answer's first block, in both streams, as at decoding. The noisy stream copies the blocks from that one on.
+    Each block draws its rate ``t ~ U(0, 1]`` and masks each answer token with probability ``t``; with
+    `fixed_fraction` every block has exactly ``round(fixed_fraction * block_size)`` masked answer tokens (fewer
+    where the block holds fewer; 1.0: all of them) instead, for evaluation. Answers that give no answer token once
+    cut to a block boundary are dropped.
     """
-    prompts = [torch.tensor(e.prompt) for e in examples]
-    answers = [torch.tensor(block_answer(e, block_size, end_id, max_answer), dtype=torch.long) for e in examples]
+    b = block_size
+    answers = [block_answer(e, b, end_id, max_answer) for e in examples]
     keep = [i for i, a in enumerate(answers) if len(a) > 0]
     if not keep:
-        raise ValueError("make_batch: no example has an answer of at least one block; pass longer answers.")
-    prompts, answers = [prompts[i] for i in keep], [answers[i] for i in keep]
-    plen = torch.tensor([len(p) for p in prompts])
-    alen = torch.tensor([len(a) for a in answers])
-    clean = nn.utils.rnn.pad_sequence([torch.cat([p, a]) for p, a in zip(prompts, answers)], True, end_id)
-    answer = nn.utils.rnn.pad_sequence(answers, True, end_id)
-    batch, lc, la = len(answers), clean.shape[1], answer.shape[1]
+        raise ValueError("make_batch: no example has an answer that reaches a block boundary; pass longer answers.")
+    seqs = [torch.tensor(examples[i].prompt + answers[i], dtype=torch.long) for i in keep]
+    plen = torch.tensor([len(examples[i].prompt) for i in keep])
+    total = torch.tensor([len(s) for s in seqs])
+    first = plen // b * b  # the first block holding an answer token
+    clean = nn.utils.rnn.pad_sequence(seqs, True, end_id)
+    noisy_seqs = [s[f:] for s, f in zip(seqs, first.tolist())]
+    noisy_clean = nn.utils.rnn.pad_sequence(noisy_seqs, True, end_id)
+    batch, lc, ln = len(seqs), clean.shape[1], noisy_clean.shape[1]
 
-    ic, ia = torch.arange(lc).expand(batch, lc), torch.arange(la).expand(batch, la)
-    clean_valid = ic < (plen + alen)[:, None]
-    clean_block = torch.where(ic < plen[:, None], 0, (ic - plen[:, None]).div(block_size, rounding_mode="floor") + 1)
-    answer_valid = ia < alen[:, None]
-    answer_block = ia.div(block_size, rounding_mode="floor") + 1
-    slot = ia % block_size
+    ic, j = torch.arange(lc).expand(batch, lc), torch.arange(ln).expand(batch, ln)
+    clean_valid = ic < total[:, None]
+    position = first[:, None] + j  # the noisy copy's positions: those of the blocks it copies
+    noisy_valid = position < total[:, None]
+    answer_valid = noisy_valid & (position >= plen[:, None])
+    slot = j % b  # `first` is a block boundary
+    noisy_block = j.div(b, rounding_mode="floor")  # the noisy stream's own block index
 
     if fixed_fraction is None:
-        rate = 1 - torch.rand(batch, answer_block.max() + 1, generator=generator)  # (0, 1]
-        masked = torch.rand(batch, la, generator=generator) < rate.gather(1, answer_block)
+        rate = 1 - torch.rand(batch, ln // b, generator=generator)  # (0, 1]
+        masked = torch.rand(batch, ln, generator=generator) < rate.gather(1, noisy_block)
     else:
-        # exactly k masked per block: the k smallest of random scores within each block
-        scores = torch.rand(batch, la, generator=generator)
-        padded = F.pad(scores, (0, -la % block_size), value=2.0).view(batch, -1, block_size)
-        rank = padded.argsort(-1).argsort(-1).view(batch, -1)[:, :la]
-        masked = rank < round(fixed_fraction * block_size)
+        # exactly k masked per block: the k smallest random scores among the block's answer tokens
+        scores = torch.rand(batch, ln, generator=generator).where(answer_valid, 2.0)
+        rank = scores.view(batch, -1, b).argsort(-1).argsort(-1).view(batch, ln)
+        masked = rank < round(fixed_fraction * b)
     masked &= answer_valid
-    noisy = torch.where(masked, mask_token_id, answer)
+    noisy = torch.where(masked, mask_token_id, noisy_clean)
 
-    stream = torch.cat([torch.zeros(batch, lc, dtype=torch.long), torch.ones(batch, la, dtype=torch.long)], 1)
-    block = torch.cat([clean_block, answer_block], 1)
-    position = torch.cat([ic, ia + plen[:, None]], 1)
-    valid = torch.cat([clean_valid, answer_valid], 1)
+    stream = torch.cat([torch.zeros(batch, lc, dtype=torch.long), torch.ones(batch, ln, dtype=torch.long)], 1)
+    positions = torch.cat([ic, position], 1)
+    valid = torch.cat([clean_valid, noisy_valid], 1)
     # shifted logits: slot 0 from the clean token before it, slot j >= 1 from noisy slot j - 1
-    source = torch.where(slot == 0, plen[:, None] + ia - 1, lc + ia - 1).clamp(min=0)
+    source = torch.where(slot == 0, position - 1, lc + j - 1).clamp(min=0)
     return Batch(
         input_ids=torch.cat([clean, noisy], 1),
-        position_ids=position,
-        attention_mask=layout_mask(stream, block, position, valid),
+        position_ids=positions,
+        attention_mask=layout_mask(stream, positions.div(b, rounding_mode="floor"), valid),
         clean_length=lc,
-        targets=answer,
+        targets=noisy_clean,
         source=source,
         slot=slot,
         answer_valid=answer_valid,
         masked=masked,
-        tokens=int(alen.sum()),
+        causal_mask=causal_mask(clean_valid),
+        tokens=int(answer_valid.sum()),
     )
 
 
@@ -332,7 +354,8 @@ def loss_terms(model: BlockDiffusionLM, batch: Batch, kl_weight: float = 1.0) ->
     """
     ``loss = CE(masked tokens of slots >= 1) + kl_weight * KL(base || model at slot 0)``.
 
-    The KL's base logits come from the clean stream alone with the adapter off (no gradient).
+    The KL's base logits come from the clean stream alone, causal, with the adapter off (SmolLM2 itself; no
+    gradient).
     """
     logits = batch_logits(model, batch)
     fill = batch.masked & (batch.slot > 0)
@@ -343,9 +366,7 @@ def loss_terms(model: BlockDiffusionLM, batch: Batch, kl_weight: float = 1.0) ->
     if kl_weight > 0:
         lc = batch.clean_length
         with torch.no_grad(), model.adapter_disabled():
-            base_hidden = model.hidden_states(
-                batch.input_ids[:, :lc], batch.attention_mask[:, :, :lc, :lc], batch.position_ids[:, :lc]
-            )
+            base_hidden = model.hidden_states(batch.input_ids[:, :lc], batch.causal_mask, batch.position_ids[:, :lc])
             base = model.logits(_gather(base_hidden, batch.source.clamp(max=lc - 1)))[ar]
         log_p, log_q = base.log_softmax(-1), logits[ar].log_softmax(-1)
         finite = torch.isfinite(log_p)  # the mask column (-inf in both)
@@ -405,38 +426,40 @@ def decode(
     """
     Greedy block-by-block decoding in the shifted convention; returns ``(new token ids, forward passes)``.
 
-    Each block starts as ``block_size`` masks after the committed text; every pass commits the most confident
-    masked slot (and, with `threshold`, every slot above it), slot 0 read from the last committed token's logits.
-    A block holding the end id ends the answer. No KV cache: each pass reruns the sequence with the clean-stream
-    layout (prompt causal, committed blocks block-causal, the current block full), the training layout exactly.
+    Blocks align from position 0: the first block holds the prompt's tail and masks after it, each later block
+    ``block_size`` masks. Every pass commits the most confident masked slot (and, with `threshold`, every slot
+    above it), slot 0 read from the last token before the block. A block holding the end id ends the answer. No KV
+    cache: each pass reruns the sequence block-causally (the clean-stream layout), which is what the pipeline's
+    cached path computes.
     """
     b, ids, passes = model.block_size, list(prompt_ids), 0
     plen = len(prompt_ids)
     while len(ids) - plen < max_new_tokens:
-        start = len(ids)
-        ids += [model.mask_token_id] * b
+        start = len(ids) // b * b
+        ids += [model.mask_token_id] * (start + b - len(ids))
         while model.mask_token_id in ids[start:]:
             x = torch.tensor([ids])
-            i = torch.arange(len(ids))
-            block = torch.where(i < plen, 0, (i - plen).div(b, rounding_mode="floor") + 1)
-            mask = layout_mask(torch.zeros_like(x), block[None], i[None], torch.ones_like(x, dtype=torch.bool))
+            i = torch.arange(len(ids))[None]
+            blocks, valid = i.div(b, rounding_mode="floor"), torch.ones_like(x, dtype=torch.bool)
+            mask = layout_mask(torch.zeros_like(x), blocks, valid)
             with _autocast(True):
-                hidden = model.hidden_states(x, mask, i[None])
-            logits = model.logits(hidden[0, start - 1 : start + b - 1])
-            probs = logits.softmax(-1)
-            confidence, token = probs.max(-1)
+                hidden = model.hidden_states(x, mask, i)
+            logits = model.logits(hidden[0, max(start - 1, 0) : start + b - 1])
+            if start == 0:  # no token before the first one: its slot is never masked (a prompt token)
+                logits = torch.cat([logits[:1], logits])
+            confidence, token = logits.softmax(-1).max(-1)
             still = torch.tensor(ids[start:]) == model.mask_token_id
             confidence = confidence.where(still, -1.0)
             commit = confidence == confidence.max()
             if threshold is not None:
                 commit |= (confidence > threshold) & still
-            block_ids = torch.tensor(ids[start:]).where(~commit, token)
-            ids[start:] = block_ids.tolist()
+            ids[start:] = torch.tensor(ids[start:]).where(~commit, token).tolist()
             passes += 1
-        if end_id in ids[start:]:
-            ids = ids[: start + ids[start:].index(end_id)]
+        new = ids[max(start, plen) :]
+        if end_id in new:
+            ids = ids[: max(start, plen) + new.index(end_id)]
             break
-    return ids[plen:], passes
+    return ids[plen : plen + max_new_tokens], passes
 
 
 # -------------------------------------------------------------------------------------------------------- export
@@ -665,6 +688,13 @@ class StreamSampler:
         else:
             self.segments = [*segments, {"step": step, "flat": end if end < last["n"] else last["n"], "n": n}]
 
+    def grow(self, primary: list, step: int) -> None:
+        """Takes the grown file's records (`primary` starts with the old ones) from batch `step` on, as a run
+        resumed at `step` on that file would (a new segment: see `resume`)."""
+        if len(primary) > len(self.primary):
+            self.primary = primary
+            self.resume(self.segments, step)
+
     def _secondary(self, flat: int):
         epoch, offset = divmod(flat, len(self.secondary))
         if epoch != self._pass:
@@ -688,12 +718,16 @@ def train(
     end_id: int,
     eval_sets: dict[str, list[Example]] | None = None,
     log_extra: dict | None = None,
+    reload=None,
 ) -> dict:
     """
     Trains (or resumes) into `config.output` until `max_minutes` or `max_steps`; returns the log.
 
     `batches(step)` gives the examples of batch ``step`` (a `StreamSampler`); the masks of batch ``s`` depend only
-    on the seed and ``s``, so a resumed run continues exactly.
+    on the seed and ``s``, so a resumed run continues exactly. `reload()`, when given, returns the distill file's
+    training records again: at every checkpoint a grown file's new records are taken (`StreamSampler.grow`), so a
+    run can start while the distill job is still writing; the segments saved with the checkpoint keep a resumed
+    run exact.
     """
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -806,6 +840,8 @@ def train(
             evaluate()
             last_eval = time.time()
         if (time.time() - last_checkpoint) / 60 >= config.checkpoint_minutes:
+            if reload is not None:
+                batches.grow(reload(), step)
             save()
             last_checkpoint = time.time()
     if eval_sets and log["evals"][-1]["step"] != step:
@@ -916,6 +952,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-examples", type=int, default=40)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init-adapter", default=None, help="an export_adapter folder to start from (a new --output only)"
+    )
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 (bf16 autocast by default)")
     args = parser.parse_args(argv)
     if not 0 <= args.corpus_fraction < 1:
@@ -943,6 +982,8 @@ def main(argv: list[str] | None = None) -> None:
     batches = StreamSampler(distill, corpus, args.batch_size, round(args.batch_size * args.corpus_fraction), args.seed)
     print(json.dumps({"data": stats}), flush=True)
     model = BlockDiffusionLM(base, args.block_size, args.rank)
+    if args.init_adapter and not (output / "checkpoint.pt").exists():
+        load_adapter(model, args.init_adapter)  # a resumed run takes its own checkpoint instead
     config = TrainConfig(
         output=str(output),
         block_size=args.block_size,
@@ -956,9 +997,14 @@ def main(argv: list[str] | None = None) -> None:
         max_steps=args.max_steps,
         checkpoint_minutes=args.checkpoint_minutes,
         eval_minutes=args.eval_minutes,
-        extra={"corpus_fraction": args.corpus_fraction, "threads": args.threads},
+        extra={"corpus_fraction": args.corpus_fraction, "threads": args.threads, "init_adapter": args.init_adapter},
     )
-    train(model, config, batches, tokenizer.convert_tokens_to_ids("<|im_end|>"), eval_sets, {"data": stats})
+
+    def reload() -> list[Example]:
+        return load_examples(tokenizer, Path(args.distill), None, args.eval_examples, args.seed)[0]
+
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    train(model, config, batches, end_id, eval_sets, {"data": stats}, reload=reload)
 
 
 if __name__ == "__main__":
