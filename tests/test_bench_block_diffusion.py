@@ -70,3 +70,22 @@ def test_bench_block_diffusion_smoke_figures_hold_together_and_a_rerun_resumes(t
 
     other = run(output, "--threshold", "0.5")
     assert other.returncode != 0 and "other settings" in other.stderr
+
+
+def test_bench_rows_full_attention_smoke_counts_every_rows_calls(tmp_path):
+    script = SCRIPT.with_name("bench_rows_full_attention.py")
+    output = tmp_path / "rows.json"
+    command = [sys.executable, str(script), "--smoke", "--output", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV, cwd=SCRIPT.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    runs, L = result["runs"], result["settings"]["length"]
+    assert len(runs) == 9
+    for key, run in runs.items():
+        assert len(run["calls_per_row"]) == len(run["tokens"]) == 16
+        if key.startswith("fixed"):  # one token per step: every row takes L calls
+            assert run["calls_per_row"] == [L] * 16
+        if "-rows-" in key:  # a call makes as many forwards as its slowest row
+            batch = int(key.split("batch")[1])
+            assert run["calls"] == [max(run["calls_per_row"][i : i + batch]) for i in range(0, 16, batch)]
+    assert result["summary"]["rows_same_tokens_as_lockstep"]

@@ -352,6 +352,7 @@ def test_the_caches_add_no_host_sync_to_a_guided_call(family, chat_tokenizer, kv
     pipe = make_pipe(chat_tokenizer, family, layers=1, sharp=True)
     run = dict(RUN, reward_model=tiny_reward_model(len(chat_tokenizer)), guidance_scope="block", threshold=0.3)
     pipe(PROMPTS, **run)  # builds the reward guidance (its vocabulary maps), which the next calls reuse
+    pipe._lockstep = True  # without a cache, threshold decoding would let rows advance on their own: compare loops
     seen = {}
     for cache in (None, kv_cache):
         with HostReads() as reads:

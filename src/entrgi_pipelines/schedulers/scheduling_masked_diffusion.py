@@ -406,6 +406,14 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         block = step_index // self.steps_per_block
         return block * self.block_length, (block + 1) * self.block_length
 
+    def _unmask_fractions(self, step_index: int | torch.LongTensor, device) -> float | torch.Tensor:
+        """`unmask_fraction`, per row for a tensor of step indices (`(N, 1)`, to broadcast over positions)."""
+        if not torch.is_tensor(step_index):
+            return self.unmask_fraction(step_index)
+        step = step_index % self.steps_per_block
+        fractions = torch.tensor(self._fractions + [1.0], dtype=torch.float32, device=device)
+        return fractions[torch.where(step >= self.steps_per_block - 1, self.steps_per_block, step)][:, None]
+
     def unmask_fraction(self, step_index: int) -> float:
         """`1 - t_{i+1} / t_i` within the block: the expected fraction of its masked positions committed at step
         `step_index` (1 at the block's last step)."""
@@ -414,9 +422,13 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             return 1.0
         return self._fractions[step]
 
-    def num_tokens_to_commit(self, num_masked: torch.LongTensor, step_index: int) -> torch.LongTensor:
-        """How many of the block's `num_masked` positions (per row) to commit at step `step_index`, by the commit
-        schedule; all of them at the block's last step."""
+    def num_tokens_to_commit(
+        self, num_masked: torch.LongTensor, step_index: int | torch.LongTensor
+    ) -> torch.LongTensor:
+        """How many of the block's `num_masked` positions (per row) to commit at step `step_index` (one index, or
+        each row's: see `step(row_steps=...)`), by the commit schedule; all of them at the block's last step."""
+        if torch.is_tensor(step_index):
+            return self._rows_to_commit(num_masked, step_index)
         step = step_index % self.steps_per_block
         if step >= self.steps_per_block - 1:
             return num_masked
@@ -428,6 +440,22 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             # Dream's arithmetic: a float32 grid and a float32 product (a float32 scalar), truncated
             return (num_masked.float() * self._floor_fractions[step]).long().clamp(max=num_masked)
         return torch.round(num_masked * self.unmask_fraction(step_index)).long().clamp(max=num_masked)
+
+    def _rows_to_commit(self, num_masked: torch.LongTensor, row_steps: torch.LongTensor) -> torch.LongTensor:
+        """`num_tokens_to_commit` with every row at its own step (the same arithmetic, gathered per row)."""
+        step = row_steps % self.steps_per_block
+        last = step >= self.steps_per_block - 1
+        schedule = self.config.commit_schedule
+        if schedule == "even":
+            steps_left = self.steps_per_block - step
+            k = torch.div(num_masked + steps_left - 1, steps_left, rounding_mode="floor")
+        elif schedule == "time_floor":
+            fraction = torch.tensor(self._floor_fractions, device=num_masked.device)[step]
+            k = (num_masked.float() * fraction).long().clamp(max=num_masked)
+        else:
+            fraction = torch.tensor(self._fractions, dtype=torch.float64, device=num_masked.device)[step]
+            k = torch.round(num_masked * fraction).long().clamp(max=num_masked)
+        return torch.where(last, num_masked, k)
 
     def _confidence(
         self,
@@ -478,6 +506,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         minimal_topk: int | None = None,
         generator: torch.Generator | None = None,
         masked_positions: tuple[torch.LongTensor, torch.LongTensor] | None = None,
+        row_steps: torch.LongTensor | None = None,
         return_dict: bool = True,
     ) -> MaskedDiffusionSchedulerOutput | tuple:
         """
@@ -504,6 +533,10 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
                 step's candidates, [`~MaskedDiffusionScheduler.masked_positions`] computed by the caller (the
                 step's one host sync, shared with guidance). Given, the step makes no host sync (with one block and
                 no threshold) and reports rows without a valid distribution in `invalid_rows` instead of raising.
+            row_steps (`torch.LongTensor` of shape `(batch_size,)`, *optional*): every row at its own step (an
+                index into `timesteps`: its block and its step in it), so that rows advance on their own (the
+                pipeline's threshold decoding). The step then neither reads `timestep` nor moves `step_index`;
+                the caller moves each row (a row whose block is full to its next block's first step).
             return_dict (`bool`, defaults to `True`): return a [`MaskedDiffusionSchedulerOutput`] or a tuple.
 
         Returns:
@@ -515,10 +548,14 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         threshold = self.config.threshold if threshold is None else threshold
         minimal_topk = self.config.minimal_topk if minimal_topk is None else minimal_topk
         check_decoding_arguments(threshold=threshold, minimal_topk=minimal_topk, confidence=self.config.confidence)
-        if self._step_index is None:
-            self._step_index = self.index_for_timestep(timestep)
-        step_index = self._step_index
-        last_of_block = step_index % self.steps_per_block == self.steps_per_block - 1
+        if row_steps is not None:
+            step_index = row_steps
+            last_of_block = row_steps % self.steps_per_block == self.steps_per_block - 1
+        else:
+            if self._step_index is None:
+                self._step_index = self.index_for_timestep(timestep)
+            step_index = self._step_index
+            last_of_block = step_index % self.steps_per_block == self.steps_per_block - 1
 
         all_masked = sample == mask_token_id
         masked = self.candidates(sample, mask_token_id, step_index)
@@ -561,14 +598,19 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         confidence = torch.full(sample.shape, float("-inf"), device=sample.device)
         confidence = confidence.index_put_(masked_positions, row_confidence.to(confidence.dtype))
         if self.config.confidence == "origin":
-            commit = masked & (confidence < self.unmask_fraction(step_index))
+            fraction = self._unmask_fractions(step_index, sample.device)
+            commit = masked & (confidence < fraction)
         else:
             num_masked = masked.sum(-1)
-            if last_of_block:
-                k = num_masked
-            elif threshold is not None:
+            if threshold is not None:
                 above = (self._threshold_scale(confidence, all_masked) >= threshold) & masked
                 k = torch.minimum(above.sum(-1).clamp(min=minimal_topk), num_masked)
+                if torch.is_tensor(last_of_block):
+                    k = torch.where(last_of_block, num_masked, k)
+                elif last_of_block:
+                    k = num_masked
+            elif last_of_block is True:
+                k = num_masked
             else:
                 k = self.num_tokens_to_commit(num_masked, step_index)
             key = confidence
@@ -584,6 +626,12 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             ranks = key.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
             commit = masked & (ranks < k[:, None])
         prev_sample = torch.where(commit, sampled, sample)
+        if row_steps is not None:  # the caller moves the rows
+            return (
+                MaskedDiffusionSchedulerOutput(prev_sample, sampled, commit, confidence, invalid)
+                if return_dict
+                else (prev_sample, sampled, commit, confidence)
+            )
         self._step_index += 1
         if not last_of_block and self._blockwise | (threshold is not None):
             # a block full in every row ends early (one host sync): its remaining budgeted steps are skipped
@@ -601,22 +649,31 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             invalid_rows=invalid,
         )
 
-    def candidates(self, sample: torch.LongTensor, mask_token_id: int, step_index: int | None = None):
-        """`(N, L)` bool: the positions step `step_index` (default: the next step) may commit, the masked positions of
-        its block."""
+    def candidates(
+        self, sample: torch.LongTensor, mask_token_id: int, step_index: int | torch.LongTensor | None = None
+    ):
+        """`(N, L)` bool: the positions step `step_index` (default: the next step; a tensor: each row's) may commit,
+        the masked positions of its block."""
         masked = sample == mask_token_id
         if not self._blockwise:
             return masked
         step_index = (self._step_index or 0) if step_index is None else step_index
+        if torch.is_tensor(step_index):
+            start = step_index // self.steps_per_block * self.block_length
+            columns = torch.arange(sample.shape[1], device=sample.device)
+            return masked & (columns >= start[:, None]) & (columns < start[:, None] + self.block_length)
         start, end = self.block_bounds(step_index)
         in_block = torch.zeros(sample.shape[1], dtype=torch.bool, device=sample.device)
         in_block[start:end] = True
         return masked & in_block
 
-    def masked_positions(self, sample: torch.LongTensor, mask_token_id: int) -> tuple[torch.LongTensor, ...]:
-        """`(rows, columns)` of the next step's [`~MaskedDiffusionScheduler.candidates`], row-major: one host sync
-        (`nonzero` sizes them), which a caller can share between guidance and `step(masked_positions=...)`."""
-        return self.candidates(sample, mask_token_id).nonzero(as_tuple=True)
+    def masked_positions(
+        self, sample: torch.LongTensor, mask_token_id: int, row_steps: torch.LongTensor | None = None
+    ) -> tuple[torch.LongTensor, ...]:
+        """`(rows, columns)` of the next step's [`~MaskedDiffusionScheduler.candidates`] (with `row_steps`, each
+        row's), row-major: one host sync (`nonzero` sizes them), which a caller can share between guidance and
+        `step(masked_positions=...)`."""
+        return self.candidates(sample, mask_token_id, row_steps).nonzero(as_tuple=True)
 
     def block_causal_rules(self) -> MaskedDiffusionScheduler:
         """The scheduler a block-causal model (SDAR, Fast-dLLM v2) decodes with: this one when its confidence or

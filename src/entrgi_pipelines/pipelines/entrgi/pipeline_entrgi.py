@@ -1033,6 +1033,47 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 device=sequences.device,
             )
 
+        rows_on_their_own = (
+            blockwise
+            and (self.scheduler.config.threshold if threshold is None else threshold) is not None
+            and resampler is None
+            and kv_cache not in ("prefix", "dual")
+            and not getattr(self, "_lockstep", False)
+        )
+        if rows_on_their_own:  # threshold decoding: a row whose block is full moves on without waiting
+            sequences, nfe, frames, row_nfe = self._decode_rows(
+                sequences,
+                attention_mask,
+                start,
+                mask_token_id,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                threshold=threshold,
+                minimal_topk=minimal_topk,
+                generator=generator,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                output_trajectory=output_trajectory,
+            )
+            if eos_token_id is not None:
+                finished = self.scheduler.finished(sequences[:, start:], mask_token_id, eos_token_id)
+                sequences[:, start:] = self.scheduler.fill_after_eos(sequences[:, start:], finished, eos_token_id)
+            return self._outputs(
+                sequences[:, start:],
+                nfe,
+                frames,
+                scorer,
+                None,
+                guidances,
+                B,
+                K,
+                L,
+                return_dict,
+                output_trajectory,
+                row_nfe,
+            )
+
         # 4. Denoising loop: the scheduler says which step comes next (it skips the rest of a block that is full).
         # One host sync per step (the `nonzero` of the masked positions, shared by guidance and the scheduler); the
         # NaN checks stay on the device until the loop ends.
@@ -1141,6 +1182,111 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         return self._outputs(
             sequences[:, start:], nfe, frames, scorer, resampler, guidances, B, K, L, return_dict, output_trajectory
         )
+
+    def _decode_rows(
+        self,
+        sequences: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        start: int,
+        mask_token_id: int,
+        *,
+        temperature: float,
+        top_p: float | None,
+        top_k: int | None,
+        threshold: float | None,
+        minimal_topk: int | None,
+        generator: torch.Generator | None,
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: list[str],
+        output_trajectory: bool,
+    ) -> tuple[torch.LongTensor, int, list | None, torch.LongTensor]:
+        """Threshold decoding of a full-attention model with blocks, every row on its own.
+
+        Each row is at its own step of the scheduler's timesteps: a row whose block is full moves to its next
+        block's first step at once (the rows of one call no longer wait for the slowest), and a row that is
+        finished (its first end-of-sequence token committed with everything before it, or its last block full)
+        leaves the batch, so it costs no further model or reward compute. Every step runs the whole sequence of
+        the rows still decoding, with the scheduler's own rules per row (`step(row_steps=...)`). At
+        `temperature=0` every row gets the tokens it gets alone. Returns the sequences, the number of model calls,
+        the trajectory frames (or None) and each row's calls.
+        """
+        scheduler, device = self.scheduler, sequences.device
+        total_steps, per_block = len(scheduler.timesteps), scheduler.steps_per_block
+        eos_token_id = self.eos_token_id
+        model_inputs = self.model_inputs(attention_mask)
+        shift = int(self.logits_shift)
+        L = sequences.shape[1] - start
+        row_steps = torch.zeros(sequences.shape[0], dtype=torch.long, device=device)
+        row_nfe = torch.zeros_like(row_steps)
+        active = torch.arange(sequences.shape[0], device=device)
+        frames = [] if output_trajectory else None
+        first_nonfinite = first_invalid = torch.full((), -1, device=device)
+        nfe = 0
+        with self.progress_bar(total=total_steps) as progress_bar:
+            while active.numel():
+                rows = sequences[active]
+                inputs = {name: value[active] for name, value in model_inputs.items()}
+                logits = self.model(rows, **inputs).logits[:, start - shift : start - shift + L]
+                logits[..., mask_token_id] = float("-inf")  # guidance and sampling never propose the mask
+                first_nonfinite = _first_bad_step(first_nonfinite, ~logits.amax(-1).isfinite().all(), nfe)
+                steps = row_steps[active]
+                response_tokens = rows[:, start:]
+                # the step's host sync: the rows' candidates, shared by guidance and the scheduler
+                positions = scheduler.masked_positions(response_tokens, mask_token_id, row_steps=steps)
+                confidence_logits = logits
+                if callback_on_step_end is not None:
+                    block_start = steps // per_block * scheduler.block_length
+                    available = {
+                        "logits": logits,
+                        "response_tokens": response_tokens,
+                        "sequences": rows,
+                        "attention_mask": attention_mask[active],
+                        "block_bounds": torch.stack([block_start, block_start + scheduler.block_length], -1),
+                        "masked_positions": positions,
+                        "active_rows": active,  # the rows still decoding (finished ones have left the batch)
+                    }
+                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs if k in available}
+                    outputs = callback_on_step_end(self, nfe, scheduler.timesteps[0], callback_kwargs)
+                    logits = outputs.pop("logits", logits)
+                    confidence_logits = outputs.pop("confidence_logits", confidence_logits)
+                    edited = outputs.pop("response_tokens", response_tokens)
+                    if edited is not response_tokens:  # the positions are stale: the scheduler finds them again
+                        response_tokens, positions = edited, None
+                        confidence_logits = confidence_logits if confidence_logits.dim() == 3 else logits
+                step_output = scheduler.step(
+                    logits,
+                    scheduler.timesteps[0],
+                    response_tokens,
+                    mask_token_id=mask_token_id,
+                    confidence_logits=confidence_logits,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    eos_token_id=eos_token_id,
+                    threshold=threshold,
+                    minimal_topk=minimal_topk,
+                    generator=generator,
+                    masked_positions=positions,
+                    row_steps=steps,
+                )
+                first_invalid = _first_bad_step(first_invalid, step_output.invalid_rows > 0, nfe)
+                response_tokens = step_output.prev_sample
+                sequences[active, start:] = response_tokens
+                nfe += 1
+                row_nfe[active] += 1
+                if frames is not None:
+                    frames.append(sequences[:, start:].clone())
+                block_full = ~scheduler.candidates(response_tokens, mask_token_id, steps).any(-1)
+                steps = torch.where(block_full, (steps // per_block + 1) * per_block, steps + 1)
+                row_steps[active] = steps
+                done = steps >= total_steps
+                if eos_token_id is not None:
+                    done |= scheduler.finished(response_tokens, mask_token_id, eos_token_id)
+                keep = ~done
+                active = active[keep]  # the second host sync: which rows stay
+                progress_bar.update()
+        _check_lazily(first_nonfinite, first_invalid, total_steps)
+        return sequences, nfe, frames, row_nfe
 
     def _read_cache(
         self,
