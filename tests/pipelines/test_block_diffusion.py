@@ -242,3 +242,23 @@ def test_the_command_line_flag_reaches_the_call():
     assert sampling_kwargs(parser.parse_args([]))["kv_cache"] == "auto"
     assert sampling_kwargs(parser.parse_args(["--kv-cache", "none"]))["kv_cache"] is None
     assert sampling_kwargs(parser.parse_args([]))["guidance_scope"] is None  # the model's default scope
+
+
+def test_the_mask_token_comes_from_the_model_config_when_the_tokenizer_has_none(bpe_tokenizer_without_mask):
+    """dLLM v3's tokenizer (SmolLM2's) has no mask token; its Fast-dLLM config names one, which the pipeline uses."""
+    tokenizer = bpe_tokenizer_without_mask
+    model = tiny_block_diffusion_lm(len(tokenizer), 5, "fast_dllm")
+    pipe = EntRGiPipeline(model, tokenizer, MaskedDiffusionScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.resolve_mask_token_id() == 5 and pipe.resolve_mask_token_id(7) == 7
+    out = pipe(["the cat"], gen_length=8, num_inference_steps=8, num_samples_per_prompt=1, temperature=0)
+    assert 5 not in out.sequences.flatten().tolist()
+
+
+@pytest.fixture
+def bpe_tokenizer_without_mask():
+    from entrgi_pipelines.testing import tiny_bpe_tokenizer
+
+    tokenizer = tiny_bpe_tokenizer()
+    assert tokenizer.mask_token_id is None
+    return tokenizer

@@ -253,7 +253,15 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         return dict(self._sampling)
 
     def resolve_mask_token_id(self, mask_token_id: int | None = None) -> int | None:
-        for candidate in (mask_token_id, self.config.mask_token_id, getattr(self.tokenizer, "mask_token_id", None)):
+        """The mask id: the call's, the pipeline's, the tokenizer's `mask_token_id`, else the model config's (a
+        block-diffusion config names its mask token: dLLM v3's tokenizer, SmolLM2's, has none)."""
+        candidates = (
+            mask_token_id,
+            self.config.mask_token_id,
+            getattr(self.tokenizer, "mask_token_id", None),
+            getattr(self.model.config, "mask_token_id", None) if self.block_causal else None,
+        )
+        for candidate in candidates:
             if candidate is not None:
                 return int(candidate)
         return None
