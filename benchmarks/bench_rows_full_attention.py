@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
     runs, summary = result["runs"], {}
     for loop in ("rows", "lockstep"):
         savings = {
-            b: 1 - runs[f"threshold-{loop}-batch{b}"]["mean_calls_per_row"] / runs[f"fixed-lockstep-batch{b}"][
-                "mean_calls_per_row"
-            ]
+            b: 1
+            - runs[f"threshold-{loop}-batch{b}"]["mean_calls_per_row"]
+            / runs[f"fixed-lockstep-batch{b}"]["mean_calls_per_row"]
             for b in (1, 4, 16)
         }
         entry = {f"savings_batch{b}": round(v, 4) for b, v in savings.items()}

@@ -212,7 +212,7 @@ def test_a_guided_call_goes_on_when_rows_finish_early(tokenizer, guidance):
         (dict(block_length=8), ValueError, "block size"),
         (dict(guidance_scope="response"), ValueError, "guidance_scope='response'"),
         (dict(num_inference_steps=5), ValueError, "`num_inference_steps`"),
-        (dict(resample="smc", reward_model="rm"), NotImplementedError, "resample"),
+        (dict(resample="smc"), ValueError, "reward"),
     ],
 )
 def test_bad_settings_are_refused_before_any_model_work(tokenizer, kwargs, error, message):
@@ -262,3 +262,45 @@ def bpe_tokenizer_without_mask():
     tokenizer = tiny_bpe_tokenizer()
     assert tokenizer.mask_token_id is None
     return tokenizer
+
+
+SMC = dict(
+    gen_length=12,
+    num_inference_steps=6,
+    num_samples_per_prompt=3,
+    resample="smc",
+    resample_every=1,
+    temperature=1.0,
+)
+
+
+@pytest.mark.parametrize("kind", ["sdar", "fast_dllm"])
+def test_smc_that_never_resamples_is_the_call_without_it(tokenizer, kind):
+    pipe = make_pipe(tokenizer, kind)
+    reward = tiny_reward_model(len(tokenizer))
+    run = dict(SMC, reward_model=reward, guidance="none")
+    plain = pipe(PROMPTS, **{**run, "resample": "none"}, generator=torch.Generator().manual_seed(0))
+    never = pipe(PROMPTS, **run, resample_temperature=1e9, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain.sequences, never.sequences)
+    assert never.resample_steps and not any(any(r) for r in never.resampled)
+
+
+@pytest.mark.parametrize("kind", ["sdar", "fast_dllm"])
+@pytest.mark.parametrize("potential", ["hard", "guidance"])
+def test_smc_resamples_rows_and_their_cache_rows(tokenizer, kind, potential):
+    """Resampled rows take their source's tokens, block, step and cache rows: with the exact cache and without it the
+    same seed gives the same tokens, and the same resampling."""
+    pipe = make_pipe(tokenizer, kind)
+    reward = tiny_reward_model(len(tokenizer), scale=40.0)
+    run = dict(SMC, reward_model=reward, guidance="entrgi", guidance_steps=1, potential=potential)
+    runs = {
+        cache: pipe(
+            PROMPTS, **run, resample_temperature=1e-3, kv_cache=cache, generator=torch.Generator().manual_seed(1)
+        )
+        for cache in ("auto", None)
+    }
+    cached, uncached = runs["auto"], runs[None]
+    assert any(any(r) for r in cached.resampled)  # resampling happened
+    assert cached.resampled == uncached.resampled and torch.equal(cached.ancestry, uncached.ancestry)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert (cached.sequences != tokenizer.mask_token_id).all() and cached.rewards.isfinite().all()

@@ -428,10 +428,16 @@ class RewardGuidance(PipelineCallback):
         return steps, samples
 
     @torch.no_grad()
-    def reward_of_tokens(self, tokens: torch.LongTensor, end: int | torch.LongTensor | None = None) -> torch.Tensor:
+    def reward_of_tokens(
+        self,
+        tokens: torch.LongTensor,
+        end: int | torch.LongTensor | None = None,
+        rows: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
         """The summed reward `(N,)` of response tokens `(N, L)` fed as guidance feeds committed tokens (their own
         embeddings; positions from the first end-of-sequence token on, and from `end` on, unseen). One forward of
-        each reward model, without gradient: SMC's `"hard"` potential, on the step's denoised estimate.
+        each reward model, without gradient: SMC's `"hard"` potential, on the step's denoised estimate. `rows`: the
+        prepared sample of each response (all, in order, when omitted), as the pipeline's `active_rows`.
 
         The same reward as guidance with hard inputs for these tokens, and so (where the text round trip is exact,
         see `score_texts`) as the reported reward of the decoded text.
@@ -443,7 +449,8 @@ class RewardGuidance(PipelineCallback):
         for term in self.terms:
             matrix = term.dllm_embedding_matrix()
             embeds = matrix[tokens.to(matrix.device)]
-            total = total + term.weight * term.reward(embeds, visible.to(matrix.device)).to(tokens.device)
+            reward = term.reward(embeds, visible.to(matrix.device), None, rows)
+            total = total + term.weight * reward.to(tokens.device)
         return total
 
     @torch.no_grad()

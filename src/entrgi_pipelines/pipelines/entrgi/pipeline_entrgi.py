@@ -461,11 +461,6 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 "`guidance_scope='response'` needs logits at every masked position, and a block-causal model has "
                 "logits only for its current block: use `guidance_scope='block'` (its default) or None."
             )
-        if resample != "none":
-            raise NotImplementedError(
-                "`resample='smc'` is not implemented yet for block-causal models, whose rows advance on their own: "
-                "use `resample='none'`."
-            )
 
     def _dual_blocks(self, kv_cache: str | None, block_length: int | None, gen_length: int) -> bool:
         """Whether a full-attention call runs the dual cache over several blocks (logits for the block only)."""
@@ -545,7 +540,11 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         callback_on_step_end: Any,
         callback_on_step_end_tensor_inputs: list[str],
         frames: list | None,
-    ) -> tuple[torch.LongTensor, int, torch.LongTensor]:
+        resampler: ParticleResampler | None = None,
+        resample_every: int = 4,
+        potential: str = "hard",
+        scorer: RewardGuidance | None = None,
+    ) -> tuple[torch.LongTensor, int, torch.LongTensor, list | None]:
         """Block-diffusion decoding as the models' references do it, every row on its own.
 
         Each row's blocks are aligned from its first token (the prompt's tail is the frozen head of its first block)
@@ -553,7 +552,12 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         only the rows' current blocks against it, and a finished block is committed with one forward that writes it.
         A row moves to its next block when its block is full and stops after the block that holds its first stop id
         (or its last block); finished rows leave the batch. Returns the responses `(N, gen_length)`, the number of
-        dLLM forward calls, and each row's.
+        dLLM forward calls, each row's, and the trajectory frames.
+
+        With `resampler` (SMC), every `resample_every` steps each sample weighs the change of its potential: a row
+        still decoding by the reward of its denoised estimate read up to its block's end (`"hard"`) or by guidance's
+        last reward (`"guidance"`), a finished row by the reward of its response; a resampled row takes its source's
+        tokens, block, step and cache rows (a copy of a finished sample is finished too).
         """
         device = self._execution_device
         scheduler = self.scheduler.block_causal_rules()
@@ -614,6 +618,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 return None
             return self.model(tokens[rows].gather(1, positions), **inputs).logits[:, :b]
 
+        span = torch.arange(gen_length, device=device)
+        potentials = torch.zeros(len(lengths), dtype=torch.float64, device=device)  # SMC's, per row
+        is_active = torch.ones(len(lengths), dtype=torch.bool, device=device)
         step = 0
         with self.progress_bar(total=self._num_timesteps) as progress_bar:
             while active.numel():
@@ -653,6 +660,18 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 block = step_output.prev_sample
                 tokens[active[:, None], columns] = block
                 step_in_block[active] += 1
+                check = resampler is not None and (step + 1) % resample_every == 0
+                if check:  # the potentials of the rows still decoding, before any of them moves on or stops
+                    if potential == "hard":  # the denoised estimate, read up to the end of each row's block
+                        estimate = tokens[active].scatter(1, columns, step_output.sampled_tokens)
+                        response = estimate.gather(1, (lengths[active, None] + span).clamp(max=width - 1))
+                        end = columns[:, -1] + 1 - lengths[active]
+                        value = scorer.reward_of_tokens(response, end=end, rows=active)
+                    else:
+                        value = scorer.guidance_reward
+                    check = value is not None
+                    if check:
+                        potentials[active] = value.to(potentials.dtype)
                 if frames is not None:
                     frames.append(tokens.gather(1, lengths[:, None] + torch.arange(gen_length, device=device)))
                 full = (block != mask_token_id).all(-1)
@@ -675,11 +694,31 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                     masked_at_start[moved] = (next_block == mask_token_id).sum(-1)
                 if any_done:
                     keep = ~done
+                    if resampler is not None:  # a finished row's potential is its response's reward from now on
+                        finished_rows = active[done]
+                        final = tokens[finished_rows].gather(1, lengths[finished_rows, None] + span)
+                        final = scorer.reward_of_tokens(final, rows=finished_rows)
+                        potentials[finished_rows] = final.to(potentials.dtype)
+                        is_active[finished_rows] = False
                     active = active[keep]
                     if cache is not None:
                         cache.select_rows(keep.nonzero().squeeze(1))
                 step += 1
                 progress_bar.update()
+                if check and active.numel():  # the last step is left to the end of the call, as without blocks
+                    index = resampler.check(potentials, nfe)
+                    if index is not None:
+                        # the cache row of each new active row is its source's (every source is still decoding)
+                        cache_row = torch.full_like(lengths, -1)
+                        cache_row[active] = torch.arange(active.numel(), device=device)
+                        tokens, start, step_in_block = tokens[index], start[index], step_in_block[index]
+                        masked_at_start, potentials = masked_at_start[index], potentials[index]
+                        is_active = is_active[index]
+                        active = is_active.nonzero().squeeze(1)  # one more sync, at a resampling only
+                        if cache is not None:
+                            cache.select_rows(cache_row[index[active]])
+                        if frames is not None:
+                            frames = [frame[index] for frame in frames]
 
         responses = tokens.gather(1, lengths[:, None] + torch.arange(gen_length, device=device))
         eos = self.eos_token_id
@@ -687,7 +726,7 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             after = torch.isin(responses, stops).int().cumsum(-1) > 0
             first = torch.isin(responses, stops) & (after.int().cumsum(-1) == 1)
             responses = torch.where(after & ~first, eos, responses)
-        return responses, nfe, row_nfe
+        return responses, nfe, row_nfe, frames
 
     def _reward_guidance(self, reward_model, reward_tokenizer, reward_template, **settings) -> RewardGuidance:
         """The [`RewardGuidance`] of a call with `reward_model=`: the previous call's when it had the same reward
@@ -992,9 +1031,20 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 settings=self._sampling,
             )
         scorer = scorer or (guidances[0] if guidances else None)
+        B = len(prompt_ids)
+        resampler = None
+        if resample == "smc":
+            resampler = ParticleResampler(
+                B,
+                K,
+                ess_threshold=resample_ess,
+                temperature=resample_temperature,
+                generator=generator,
+                device=sequences.device,
+            )
         if self.block_causal:  # block by block against an exact key/value cache, every row on its own
             frames = [] if output_trajectory else None
-            responses, nfe, row_nfe = self._decode_block_causal(
+            responses, nfe, row_nfe, frames = self._decode_block_causal(
                 prompt_ids,
                 K,
                 L,
@@ -1009,13 +1059,17 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                 frames=frames,
+                resampler=resampler,
+                resample_every=resample_every,
+                potential=potential,
+                scorer=scorer,
             )
             return self._outputs(
                 responses,
                 nfe,
                 frames,
                 scorer,
-                None,
+                resampler,
                 guidances,
                 len(prompt_ids),
                 K,
@@ -1029,17 +1083,6 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         self._num_timesteps = len(timesteps)
         blockwise = (block_length or self.scheduler.config.block_length) is not None
         eos_token_id = self.eos_token_id
-        B = len(prompt_ids)
-        resampler = None
-        if resample == "smc":
-            resampler = ParticleResampler(
-                B,
-                K,
-                ess_threshold=resample_ess,
-                temperature=resample_temperature,
-                generator=generator,
-                device=sequences.device,
-            )
 
         rows_on_their_own = (
             blockwise
