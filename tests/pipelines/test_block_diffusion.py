@@ -304,3 +304,22 @@ def test_smc_resamples_rows_and_their_cache_rows(tokenizer, kind, potential):
     assert cached.resampled == uncached.resampled and torch.equal(cached.ancestry, uncached.ancestry)
     assert torch.equal(cached.sequences, uncached.sequences)
     assert (cached.sequences != tokenizer.mask_token_id).all() and cached.rewards.isfinite().all()
+
+
+def test_the_cache_choice_is_kept_in_the_schedulers_config_and_saved_with_the_pipeline(tokenizer, tmp_path):
+    pipe = make_pipe(tokenizer, "sdar", sharp=False)
+    run = dict(gen_length=8, num_inference_steps=4, num_samples_per_prompt=1, temperature=0)
+    cached, uncached = pipe(PROMPTS, **run), pipe(PROMPTS, kv_cache=None, **run)
+    assert cached.nfe != uncached.nfe  # the prefill and the commits
+
+    pipe.scheduler = MaskedDiffusionScheduler.from_config(pipe.scheduler.config, kv_cache=None)
+    pipe.save_pretrained(tmp_path)
+    assert '"kv_cache": null' in (tmp_path / "scheduler" / "scheduler_config.json").read_text()
+    loaded = EntRGiPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.scheduler.config.kv_cache is None
+    out = loaded(PROMPTS, **run)  # "auto" defers to the scheduler's choice: no cache
+    assert out.nfe == uncached.nfe and torch.equal(out.sequences, uncached.sequences)
+    assert loaded(PROMPTS, kv_cache="prefix", **run).nfe == cached.nfe  # an explicit choice wins
+    with pytest.raises(ValueError, match="`kv_cache`"):
+        MaskedDiffusionScheduler(kv_cache="fast")

@@ -223,6 +223,9 @@ def nucleus_cdf(probs: torch.Tensor, top_p: float | None = None) -> torch.Tensor
     return torch.where(nucleus_mask(probs, top_p), probs, 0.0).cumsum_(-1)
 
 
+SCHEDULER_KV_CACHE_MODES = ("auto", "prefix", "dual", None)
+
+
 class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
     """
     Scheduler for masked discrete diffusion language models (MDLM, Dream, LLaDA, BERT-style).
@@ -280,6 +283,11 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         minimal_topk (`int`, defaults to 1): with `threshold`, the fewest positions a step commits.
         confidence_temperature (`float`, *optional*): draw the committed positions from
             `softmax(confidence / confidence_temperature)` (> 0); `None` or 0 takes the most confident.
+        kv_cache (`str`, *optional*, defaults to `"auto"`): the dLLM's key/value cache for the pipeline's calls that
+            leave `kv_cache="auto"`: `"auto"` (the exact cache of a block-diffusion model, none for a full-attention
+            one), `"prefix"` or `"dual"` (Fast-dLLM's approximate caches), or None (no cache). Kept in the
+            scheduler's config, so that `save_pretrained` and the Hub keep a pipeline's cache choice with its other
+            decoding settings; a call's explicit `kv_cache=` wins.
 
     Examples:
         ```py
@@ -313,7 +321,12 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         threshold: float | None = None,
         minimal_topk: int = 1,
         confidence_temperature: float | None = None,
+        kv_cache: str | None = "auto",
     ):
+        if kv_cache not in SCHEDULER_KV_CACHE_MODES:
+            raise ValueError(
+                f"`kv_cache` must be one of {SCHEDULER_KV_CACHE_MODES[:-1]} or None (no cache), got {kv_cache!r}."
+            )
         if confidence not in CONFIDENCE_RULES:
             raise ValueError(f"`confidence` must be one of {CONFIDENCE_RULES}, got {confidence!r}.")
         if not 0.0 < eps < 1.0:

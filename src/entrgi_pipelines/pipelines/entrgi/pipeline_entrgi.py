@@ -887,7 +887,8 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             minimal_topk (`int`, *optional*): with `threshold`, the fewest positions a step commits (the
                 scheduler's `minimal_topk`, 1, by default).
             mask_token_id (`int`, *optional*): overrides the mask id.
-            kv_cache (`str`, *optional*, defaults to `"auto"`): the dLLM's key/value cache. `"auto"`: the exact cache
+            kv_cache (`str`, *optional*, defaults to `"auto"`): the dLLM's key/value cache. `"auto"`: the scheduler
+                config's `kv_cache` (saved with the pipeline), whose default `"auto"` is the exact cache
                 of a block-diffusion model, none for a full-attention one. `"prefix"` and `"dual"`: Fast-dLLM's
                 approximate caches for the native full-attention models (`DreamModel`, `LLaDAModelLM`): at each
                 block's first step one forward over the whole sequence fills the cache; the block's later steps run
@@ -937,7 +938,9 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             to the tuple only when `output_trajectory=True`. With resampling, the trajectory follows each final
             sample's ancestors (its rows are reordered at every resampling).
         """
-        # 1. Check inputs
+        # 1. Check inputs ("auto" defers to the scheduler's config, whose "auto" is the model's own cache)
+        if isinstance(kv_cache, str) and kv_cache == "auto":
+            kv_cache = self.scheduler.config.get("kv_cache", "auto")
         self.check_inputs(
             prompt=prompt,
             messages=messages,
