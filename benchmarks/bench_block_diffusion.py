@@ -69,10 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--render", action="store_true", help="print the tables of `--output` in Markdown, run nothing")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--embedded",
+        default=None,
+        help="an embedded block-diffusion dLLM version (v3): its real weights and tokenizer, the LM-judge reward "
+        "(SmolLM2, the same tokenizer), the bundled prompts for the threshold part",
+    )
+    parser.add_argument("--target", default="food and eating", help="the LM-judge's target with --embedded")
     return parser
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    if args.embedded and args.blocks != [4]:
+        args.blocks = [4]  # the embedded model's block size: it decodes in the blocks it was trained on
     if args.smoke:  # every code path, tiny: the CI check that the script runs
         args.layers, args.lengths, args.blocks, args.vocab = 1, [8], [4, 8], None
         args.threshold_length, args.train_steps = 8, 20
@@ -131,7 +140,23 @@ def sharpen(scale: float):
     return hook
 
 
+def embedded_pipe(args):
+    """The embedded block-diffusion dLLM (`--embedded`), its tokenizer and the LM-judge reward with its tokenizer."""
+    from entrgi_pipelines.stack.dllm import load_embedded_dllm
+    from entrgi_pipelines.stack.lm_reward import load_lm_judge_reward
+
+    model, tokenizer = load_embedded_dllm(version=args.embedded)
+    pipe = EntRGiPipeline(model, tokenizer, MaskedDiffusionScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    reward, reward_tokenizer = load_lm_judge_reward()
+    return pipe, reward, reward_tokenizer
+
+
 def timing_pipe(args, tokenizer) -> tuple[EntRGiPipeline, torch.nn.Module, ForwardClock]:
+    if args.embedded:
+        pipe, reward, reward_tokenizer = embedded_pipe(args)
+        args._reward = dict(reward_tokenizer=reward_tokenizer, reward_prompt=args.target)
+        return pipe, reward, ForwardClock(pipe.model)
     vocab = args.vocab or len(tokenizer)
     if args.smoke:
         shape = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
@@ -151,6 +176,8 @@ def timing_config(pipe, reward, clock, args, L: int, b: int, guided: bool, kv_ca
     pipe.model.config.block_size = b
     T = max(L // b, int(L * args.steps_per_token))
     guidance = dict(reward_model=reward, guidance="entrgi", guidance_steps=args.guidance_steps) if guided else {}
+    if guided and args.embedded:
+        guidance.update(args._reward)
     clock.reset()
     start = time.perf_counter()
     out = pipe(
@@ -287,13 +314,20 @@ def run_threshold(args, tokenizer, result: dict, save) -> None:
     runs = part.setdefault("runs", {})
     if len(runs) == len(THRESHOLD_RUNS):
         return
-    model = train_toy_model(tokenizer, args.train_steps, args.seed)
-    pipe = EntRGiPipeline(model, tokenizer, MaskedDiffusionScheduler())
-    pipe.set_progress_bar_config(disable=True)
-    prompts = toy_prompts(16, args.seed + 1)
+    if args.embedded:  # the real model on the bundled prompts
+        from entrgi_pipelines.bench import read_prompts
+
+        pipe, tokenizer = embedded_pipe(args)[0], None
+        tokenizer = pipe.tokenizer
+        prompts = [r["prompt"] for r in read_prompts(None, 16)]
+    else:
+        model = train_toy_model(tokenizer, args.train_steps, args.seed)
+        pipe = EntRGiPipeline(model, tokenizer, MaskedDiffusionScheduler())
+        pipe.set_progress_bar_config(disable=True)
+        prompts = toy_prompts(16, args.seed + 1)
     L = args.threshold_length
     part["prompts"] = prompts
-    part["prompt_tokens"] = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    part["prompt_tokens"] = [len(pipe.encode_prompt(p)[0][0]) for p in prompts]
     for mode, batch, kv_cache in THRESHOLD_RUNS:
         key = f"{mode}-batch{batch}-cache_{kv_cache or 'off'}"
         if key in runs:
@@ -439,6 +473,29 @@ def render(result: dict) -> str:
 
 
 def settings(args) -> dict:
+    if args.embedded:
+        from entrgi_pipelines.stack.dllm import delta_file, file_digest
+
+        return {
+            "embedded": args.embedded,
+            "dllm": {"version": args.embedded, "adapter_sha256": file_digest(delta_file(args.embedded))},
+            "reward": {"class": "CausalLMReward (SmolLM2-135M-Instruct, the LM-judge)", "target": args.target},
+            "prompt": args.prompt,
+            "B": 1,
+            "K": 1,
+            "lengths": args.lengths,
+            "blocks": args.blocks,
+            "steps_per_token": args.steps_per_token,
+            "M": args.guidance_steps,
+            "guidance": "entrgi",
+            "temperature": 0.7,
+            "top_p": 0.95,
+            "threshold": args.threshold,
+            "threshold_length": args.threshold_length,
+            "threshold_prompts": "the first 16 bundled prompts",
+            "threads": args.threads,
+            "seed": args.seed,
+        }
     return {
         "smoke": args.smoke,
         "dllm": {

@@ -48,6 +48,11 @@ def load_delta(version: str | None = None) -> dict[str, torch.Tensor]:
     return load_file(str(delta_file(version)))
 
 
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a shipped file (what a benchmark records of the weights it measured)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("ENTRGI_CACHE", Path.home() / ".cache" / "entrgi_pipelines"))
 
