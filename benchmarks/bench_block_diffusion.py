@@ -258,6 +258,19 @@ def toy_prompts(n: int, seed: int) -> list[str]:
     return [" ".join(toy_stream(rng, 3)[rng.randrange(8) :][: rng.randint(3, 20)]) for _ in range(n)]
 
 
+def toy_batch(tokenizer, rng: random.Random, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(ids (batch, length), prompt lengths (batch,))`: toy text cut into a prompt of 3-20 words and a response."""
+    ids, prompt_lengths = [], []
+    for _ in range(batch):
+        words = toy_stream(rng, 12)[rng.randrange(8) :]
+        cut = rng.randint(3, 20)
+        prompt = tokenizer(" ".join(words[:cut]))["input_ids"]
+        response = tokenizer(" ".join(words[cut:]), add_special_tokens=False)["input_ids"]
+        ids.append((prompt + response)[:length])
+        prompt_lengths.append(len(prompt))
+    return torch.tensor(ids), torch.tensor(prompt_lengths)
+
+
 def train_toy_model(tokenizer, steps: int, seed: int, length: int = 64, batch: int = 32) -> SDARForCausalLM:
     """A tiny SDAR trained on the toy text as block diffusion is: per sequence one block after the prompt has a random
     fraction of its response tokens masked (the blocks before it clean, as at decoding) and the loss is on those."""
@@ -278,16 +291,7 @@ def train_toy_model(tokenizer, steps: int, seed: int, length: int = 64, batch: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     b, mask = config.block_size, tokenizer.mask_token_id
     for _ in range(steps):
-        ids, prompt_lengths = [], []
-        for _ in range(batch):
-            words = toy_stream(rng, 12)[rng.randrange(8) :]
-            cut = rng.randint(3, 20)
-            prompt = tokenizer(" ".join(words[:cut]))["input_ids"]
-            response = tokenizer(" ".join(words[cut:]), add_special_tokens=False)["input_ids"]
-            ids.append((prompt + response)[:length])
-            prompt_lengths.append(len(prompt))
-        ids = torch.tensor(ids)
-        lengths = torch.tensor(prompt_lengths)
+        ids, lengths = toy_batch(tokenizer, rng, batch, length)
         positions = torch.arange(length)
         first_block = lengths // b
         chosen = first_block + (torch.rand(batch) * (length // b - first_block)).long()
@@ -473,30 +477,34 @@ def render(result: dict) -> str:
 
 
 def settings(args) -> dict:
+    shared = {
+        "prompt": args.prompt,
+        "B": 1,
+        "K": 1,
+        "lengths": args.lengths,
+        "blocks": args.blocks,
+        "steps_per_token": args.steps_per_token,
+        "M": args.guidance_steps,
+        "guidance": "entrgi",
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "threshold": args.threshold,
+        "threshold_length": args.threshold_length,
+        "threads": args.threads,
+        "seed": args.seed,
+    }
     if args.embedded:
         from entrgi_pipelines.stack.dllm import delta_file, file_digest
 
         return {
+            **shared,
             "embedded": args.embedded,
             "dllm": {"version": args.embedded, "adapter_sha256": file_digest(delta_file(args.embedded))},
             "reward": {"class": "CausalLMReward (SmolLM2-135M-Instruct, the LM-judge)", "target": args.target},
-            "prompt": args.prompt,
-            "B": 1,
-            "K": 1,
-            "lengths": args.lengths,
-            "blocks": args.blocks,
-            "steps_per_token": args.steps_per_token,
-            "M": args.guidance_steps,
-            "guidance": "entrgi",
-            "temperature": 0.7,
-            "top_p": 0.95,
-            "threshold": args.threshold,
-            "threshold_length": args.threshold_length,
             "threshold_prompts": "the first 16 bundled prompts",
-            "threads": args.threads,
-            "seed": args.seed,
         }
     return {
+        **shared,
         "smoke": args.smoke,
         "dllm": {
             "class": "SDARForCausalLM",
@@ -512,22 +520,8 @@ def settings(args) -> dict:
             "shape": "hidden 32, 2 layers, 2 heads, MLP 64, 512 positions, random (seed 0)",
             "vocab": args.vocab,
         },
-        "prompt": args.prompt,
         "prompt_tokens": len(tiny_wordpiece_tokenizer()(args.prompt)["input_ids"]),
-        "B": 1,
-        "K": 1,
-        "lengths": args.lengths,
-        "blocks": args.blocks,
-        "steps_per_token": args.steps_per_token,
-        "M": args.guidance_steps,
-        "guidance": "entrgi",
-        "temperature": 0.7,
-        "top_p": 0.95,
-        "threshold": args.threshold,
-        "threshold_length": args.threshold_length,
         "train_steps": args.train_steps,
-        "threads": args.threads,
-        "seed": args.seed,
     }
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_block_diffusion import toy_prompts, toy_stream
+from bench_block_diffusion import toy_batch, toy_prompts
 
 from entrgi_pipelines import EntRGiPipeline, MaskedDiffusionScheduler
 from entrgi_pipelines.models import LLaDAConfig, LLaDAModelLM
@@ -65,16 +65,8 @@ def train_toy_llada(tokenizer, steps: int, seed: int, length: int = 64, batch: i
     model = LLaDAModelLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
-        ids, prompt_lengths = [], []
-        for _ in range(batch):
-            words = toy_stream(rng, 12)[rng.randrange(8) :]
-            cut = rng.randint(3, 20)
-            prompt = tokenizer(" ".join(words[:cut]))["input_ids"]
-            response = tokenizer(" ".join(words[cut:]), add_special_tokens=False)["input_ids"]
-            ids.append((prompt + response)[:length])
-            prompt_lengths.append(len(prompt))
-        ids = torch.tensor(ids)
-        response = torch.arange(length)[None] >= torch.tensor(prompt_lengths)[:, None]
+        ids, prompt_lengths = toy_batch(tokenizer, rng, batch, length)
+        response = torch.arange(length)[None] >= prompt_lengths[:, None]
         masked = response & (torch.rand(batch, length) < torch.rand(batch, 1).clamp(min=0.1))
         logits = model(torch.where(masked, mask, ids)).logits
         loss = torch.nn.functional.cross_entropy(logits[masked], ids[masked])

@@ -1094,18 +1094,22 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
             and kv_cache not in ("prefix", "dual")
             and not getattr(self, "_lockstep", False)
         )
+        sampling = dict(
+            mask_token_id=mask_token_id,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            eos_token_id=eos_token_id,
+            threshold=threshold,
+            minimal_topk=minimal_topk,
+            generator=generator,
+        )
         if rows_on_their_own:  # threshold decoding: a row whose block is full moves on without waiting
             sequences, nfe, frames, row_nfe = self._decode_rows(
                 sequences,
                 attention_mask,
                 start,
-                mask_token_id,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                threshold=threshold,
-                minimal_topk=minimal_topk,
-                generator=generator,
+                sampling,
                 callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                 output_trajectory=output_trajectory,
@@ -1163,40 +1167,22 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 first_nonfinite = _first_bad_step(first_nonfinite, ~fresh.amax(-1).isfinite().all(), i)
                 response_tokens = sequences[:, start:]
                 positions = self.scheduler.masked_positions(response_tokens, mask_token_id)
-                confidence_logits = logits
-                if callback_on_step_end is not None:
-                    available = {
-                        "logits": logits,
-                        "response_tokens": response_tokens,
-                        "sequences": sequences,
-                        "attention_mask": attention_mask,
-                        "block_bounds": block_bounds,
-                        "masked_positions": positions,
-                    }
-                    # every row decodes until the end here: no `active_rows`
-                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs if k in available}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    logits = callback_outputs.pop("logits", logits)
-                    # guidance that edited the logits in place hands the model's rows at `positions` for ranking
-                    confidence_logits = callback_outputs.pop("confidence_logits", confidence_logits)
-                    edited = callback_outputs.pop("response_tokens", response_tokens)
-                    if edited is not response_tokens:  # the positions are stale: the scheduler finds them again
-                        response_tokens, positions = edited, None
-                        confidence_logits = confidence_logits if confidence_logits.dim() == 3 else logits
-                step_output = self.scheduler.step(
+                available = {
+                    "sequences": sequences,
+                    "attention_mask": attention_mask,
+                    "block_bounds": block_bounds,
+                }  # every row decodes until the end here: no `active_rows`
+                step_output = self._callbacks_then_step(
+                    self.scheduler,
                     logits,
                     t,
+                    i,
                     response_tokens,
-                    mask_token_id=mask_token_id,
-                    confidence_logits=confidence_logits,
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=top_k,
-                    eos_token_id=eos_token_id,
-                    threshold=threshold,
-                    minimal_topk=minimal_topk,
-                    generator=generator,
-                    masked_positions=positions,
+                    positions,
+                    available,
+                    callback_on_step_end,
+                    callback_on_step_end_tensor_inputs,
+                    sampling,
                 )
                 first_invalid = _first_bad_step(first_invalid, step_output.invalid_rows > 0, i)
                 response_tokens = step_output.prev_sample
@@ -1242,14 +1228,8 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         sequences: torch.LongTensor,
         attention_mask: torch.LongTensor,
         start: int,
-        mask_token_id: int,
+        sampling: dict[str, Any],
         *,
-        temperature: float,
-        top_p: float | None,
-        top_k: int | None,
-        threshold: float | None,
-        minimal_topk: int | None,
-        generator: torch.Generator | None,
         callback_on_step_end: Any,
         callback_on_step_end_tensor_inputs: list[str],
         output_trajectory: bool,
@@ -1266,10 +1246,10 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
         """
         scheduler, device = self.scheduler, sequences.device
         total_steps, per_block = len(scheduler.timesteps), scheduler.steps_per_block
-        eos_token_id = self.eos_token_id
         model_inputs = self.model_inputs(attention_mask)
         shift = int(self.logits_shift)
         L = sequences.shape[1] - start
+        mask_token_id, eos_token_id = sampling["mask_token_id"], sampling["eos_token_id"]
         row_steps = torch.zeros(sequences.shape[0], dtype=torch.long, device=device)
         row_nfe = torch.zeros_like(row_steps)
         active = torch.arange(sequences.shape[0], device=device)
@@ -1287,40 +1267,24 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 response_tokens = rows[:, start:]
                 # the step's host sync: the rows' candidates, shared by guidance and the scheduler
                 positions = scheduler.masked_positions(response_tokens, mask_token_id, row_steps=steps)
-                confidence_logits = logits
-                if callback_on_step_end is not None:
-                    block_start = steps // per_block * scheduler.block_length
-                    available = {
-                        "logits": logits,
-                        "response_tokens": response_tokens,
-                        "sequences": rows,
-                        "attention_mask": attention_mask[active],
-                        "block_bounds": torch.stack([block_start, block_start + scheduler.block_length], -1),
-                        "masked_positions": positions,
-                        "active_rows": active,  # the rows still decoding (finished ones have left the batch)
-                    }
-                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs if k in available}
-                    outputs = callback_on_step_end(self, nfe, scheduler.timesteps[0], callback_kwargs)
-                    logits = outputs.pop("logits", logits)
-                    confidence_logits = outputs.pop("confidence_logits", confidence_logits)
-                    edited = outputs.pop("response_tokens", response_tokens)
-                    if edited is not response_tokens:  # the positions are stale: the scheduler finds them again
-                        response_tokens, positions = edited, None
-                        confidence_logits = confidence_logits if confidence_logits.dim() == 3 else logits
-                step_output = scheduler.step(
+                block_start = steps // per_block * scheduler.block_length
+                available = {
+                    "sequences": rows,
+                    "attention_mask": attention_mask[active],
+                    "block_bounds": torch.stack([block_start, block_start + scheduler.block_length], -1),
+                    "active_rows": active,  # the rows still decoding (finished ones have left the batch)
+                }
+                step_output = self._callbacks_then_step(
+                    scheduler,
                     logits,
                     scheduler.timesteps[0],
+                    nfe,
                     response_tokens,
-                    mask_token_id=mask_token_id,
-                    confidence_logits=confidence_logits,
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=top_k,
-                    eos_token_id=eos_token_id,
-                    threshold=threshold,
-                    minimal_topk=minimal_topk,
-                    generator=generator,
-                    masked_positions=positions,
+                    positions,
+                    available,
+                    callback_on_step_end,
+                    callback_on_step_end_tensor_inputs,
+                    sampling,
                     row_steps=steps,
                 )
                 first_invalid = _first_bad_step(first_invalid, step_output.invalid_rows > 0, nfe)
@@ -1341,6 +1305,49 @@ class EntRGiPipeline(HubPipelineMixin, DiffusionPipeline):
                 progress_bar.update()
         _check_lazily(first_nonfinite, first_invalid, total_steps)
         return sequences, nfe, frames, row_nfe
+
+    def _callbacks_then_step(
+        self,
+        scheduler: MaskedDiffusionScheduler,
+        logits: torch.Tensor,
+        timestep,
+        step_index: int,
+        response_tokens: torch.LongTensor,
+        positions: tuple[torch.LongTensor, torch.LongTensor] | None,
+        available: dict[str, Any],
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: list[str],
+        sampling: dict[str, Any],
+        row_steps: torch.LongTensor | None = None,
+    ):
+        """One step of a full-attention loop after the forward: the callbacks (guidance first) may replace the
+        logits, then the scheduler samples and commits. Returns the scheduler's output."""
+        confidence_logits = logits
+        if callback_on_step_end is not None:
+            available = {
+                "logits": logits,
+                "response_tokens": response_tokens,
+                "masked_positions": positions,
+                **available,
+            }
+            callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs if k in available}
+            outputs = callback_on_step_end(self, step_index, timestep, callback_kwargs)
+            logits = outputs.pop("logits", logits)
+            # guidance that edited the logits in place hands the model's rows at `positions` for ranking
+            confidence_logits = outputs.pop("confidence_logits", confidence_logits)
+            edited = outputs.pop("response_tokens", response_tokens)
+            if edited is not response_tokens:  # the positions are stale: the scheduler finds them again
+                response_tokens, positions = edited, None
+                confidence_logits = confidence_logits if confidence_logits.dim() == 3 else logits
+        return scheduler.step(
+            logits,
+            timestep,
+            response_tokens,
+            confidence_logits=confidence_logits,
+            masked_positions=positions,
+            row_steps=row_steps,
+            **sampling,
+        )
 
     def _read_cache(
         self,
