@@ -6,6 +6,8 @@
 #   - unguided against EntRGi under the similarity reward (MiniLM, through the vocabulary bridge)
 #   - studies/v3_vs_v2.py: threshold decoding's calls, seconds per answer and fluency, v3 against v2, unguided
 #   - benchmarks/bench_block_diffusion.py --embedded v3: cache off / on timing and threshold savings per batch size
+#   - studies/v3_check.py: the shipped adapter's export check, greedy answers, and its held-out masked-token accuracy
+#     per block slot read at blocks of 2, 4 and 8
 # Two one-thread lanes (one per core), every part resumable. Usage: bash studies/run_results_v3.sh [OUT_DIR] [SEEDS...]
 set -euo pipefail
 out=${1:-runs/results_v3}
@@ -22,6 +24,8 @@ bench() { python -m entrgi_pipelines.bench --resume "$@" > "${@: -1}.log" 2>&1; 
   bench --reward lm-judge "${main[@]}" --methods none entrgi --output "$out/lm_none_entrgi.json"
   bench --reward similarity --num-prompts 24 --seeds 0 --eta 0.5 "${common[@]}" --methods none entrgi \
       --output "$out/sim_none_entrgi.json"
+  (cd benchmarks && PYTHONPATH=../src:. python bench_block_diffusion.py --embedded v3 --lengths 128 256 \
+      --threshold-length 64 --output "../$out/block_v3.json" > "../$out/block_v3.log" 2>&1)
 ) &
 (
   bench --reward lm-judge "${main[@]}" --methods expectation aps --output "$out/lm_expectation_aps.json"
@@ -29,8 +33,8 @@ bench() { python -m entrgi_pipelines.bench --resume "$@" > "${@: -1}.log" 2>&1; 
       > "$out/v3_vs_v2.log" 2>&1
   python studies/v3_vs_v2.py --dllm v3 v2 --prompts held-out --num-prompts 8 -K 2 -L 32 \
       --output "$out/v3_vs_v2_heldout.json" > "$out/v3_vs_v2_heldout.log" 2>&1
-  (cd benchmarks && PYTHONPATH=../src:. python bench_block_diffusion.py --embedded v3 --lengths 128 256 \
-      --threshold-length 64 --output "../$out/block_v3.json" > "../$out/block_v3.log" 2>&1)
+  python studies/v3_check.py --adapter src/entrgi_pipelines/stack/weights/dllm-v3 --distill corpus/distill.jsonl \
+      --eval-answers "${EVAL_ANSWERS:-40}" --block-sizes 2 4 8 --output "$out/v3_check.json" > "$out/v3_check.log" 2>&1
 ) &
 wait
 python studies/merge_bench.py "$out"/lm_{none_entrgi,expectation_aps}.json --output "$out/lm_judge.json"
