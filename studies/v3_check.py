@@ -6,7 +6,8 @@
 2. With `--adapter`: the folder rebuilt from the trained adapter against the trained model's block-1 logits, and a
    greedy answer per prompt decoded block by block (`decode`, one token committed per pass).
 3. With `--distill` too: the trainer's held-out evaluation (`slot_accuracy`, the same sets) of the adapter at each of
-   `--block-sizes` (a model trained at block 4 read at blocks 2 and 8).
+   `--block-sizes` (a model trained at block 4 read at blocks 2 and 8), and SmolLM2's own (causal) next-token
+   accuracy on the same sets, the ceiling of slot 0.
 
     PYTHONPATH=src HF_HUB_OFFLINE=1 python studies/v3_check.py --adapter runs/v3/adapter --work /tmp/v3check \\
         --prompt "Describe a quiet Sunday afternoon." --distill corpus/distill.jsonl --eval-answers 29 \\
@@ -109,6 +110,10 @@ def main() -> None:
             _, _, evals, _ = load_examples(
                 tokenizer, Path(args.distill), None, args.eval_examples, 0, eval_answers=args.eval_answers
             )
+            # the ceiling of slot 0: SmolLM2 itself (causal, no adapter) on the same answers and texts
+            result["smollm2_causal"] = {
+                name: slot_accuracy(untrained.eval(), examples, end, 1.0)["slot0"] for name, examples in evals.items()
+            }
             result["block_sizes"] = {}
             for b in args.block_sizes:
                 model.block_size = b
