@@ -62,6 +62,11 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _verified: dict[str, tuple] = {}
 
 
+def cache_root() -> Path:
+    """Where the stack's built folders live: `$ENTRGI_CACHE`, else `~/.cache/entrgi_pipelines`."""
+    return Path(os.environ.get("ENTRGI_CACHE", Path.home() / ".cache" / "entrgi_pipelines"))
+
+
 def file_sha256(path: str | Path) -> str:
     """The sha256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
-from .cache import cached_build
+from .cache import cache_root, cached_build
 from .minilm import load_minilm_encoder_state, load_minilm_tokenizer, minilm_path
 
 DLLM_WEIGHTS_DIR = Path(__file__).parent / "weights" / "dllm"
@@ -51,10 +51,6 @@ def load_delta(version: str | None = None) -> dict[str, torch.Tensor]:
 def file_digest(path: str | Path) -> str:
     """The SHA-256 of a shipped file (what a benchmark records of the weights it measured)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ENTRGI_CACHE", Path.home() / ".cache" / "entrgi_pipelines"))
 
 
 def merge_delta(delta: dict[str, torch.Tensor]) -> BertForMaskedLM:

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .cache import cached_build
-from .dllm import cache_root
+from .cache import cache_root, cached_build
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
