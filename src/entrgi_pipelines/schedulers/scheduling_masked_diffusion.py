@@ -397,6 +397,7 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self._fractions = (1.0 - self.sigmas[1:] / self.sigmas[:-1]).tolist()
         grid = torch.linspace(1.0, self.config.eps, self.steps_per_block + 1)
         self._floor_fractions = (1 - grid[1:] / grid[:-1]).tolist()
+        self._tables: dict[tuple[str, str], torch.Tensor] = {}
         self._step_index = None
 
     def set_begin_index(self, begin_index: int = 0) -> None:
@@ -424,8 +425,21 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if not torch.is_tensor(step_index):
             return self.unmask_fraction(step_index)
         step = step_index % self.steps_per_block
-        fractions = torch.tensor(self._fractions + [1.0], dtype=torch.float32, device=device)
+        fractions = self._fraction_table("origin", device)
         return fractions[torch.where(step >= self.steps_per_block - 1, self.steps_per_block, step)][:, None]
+
+    def _fraction_table(self, kind: str, device) -> torch.Tensor:
+        """The per-step fractions as a tensor on `device`, built once per `set_timesteps` (per-row schedules gather
+        from it every step: no host-to-device copy per step)."""
+        key = (kind, str(device))
+        if key not in self._tables:
+            values, dtype = {
+                "time": (self._fractions, torch.float64),
+                "floor": (self._floor_fractions, torch.float32),
+                "origin": (self._fractions + [1.0], torch.float32),
+            }[kind]
+            self._tables[key] = torch.tensor(values, dtype=dtype, device=device)
+        return self._tables[key]
 
     def unmask_fraction(self, step_index: int) -> float:
         """`1 - t_{i+1} / t_i` within the block: the expected fraction of its masked positions committed at step
@@ -463,10 +477,10 @@ class MaskedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             steps_left = self.steps_per_block - step
             k = torch.div(num_masked + steps_left - 1, steps_left, rounding_mode="floor")
         elif schedule == "time_floor":
-            fraction = torch.tensor(self._floor_fractions, device=num_masked.device)[step]
+            fraction = self._fraction_table("floor", num_masked.device)[step]
             k = (num_masked.float() * fraction).long().clamp(max=num_masked)
         else:
-            fraction = torch.tensor(self._fractions, dtype=torch.float64, device=num_masked.device)[step]
+            fraction = self._fraction_table("time", num_masked.device)[step]
             k = torch.round(num_masked * fraction).long().clamp(max=num_masked)
         return torch.where(last, num_masked, k)
 
